@@ -1,0 +1,88 @@
+//! A member's configuration, with etcd's flag names and defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::limits;
+
+/// Configuration of one store member.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `--name`.
+    pub name: String,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `--advertise-client-urls`.
+    pub advertise_client_urls: Vec<String>,
+    /// `--initial-cluster-token`: mixed into the cluster id.
+    pub initial_cluster_token: String,
+    /// `--max-request-bytes`.
+    pub max_request_bytes: usize,
+    /// `--max-txn-ops`.
+    pub max_txn_ops: usize,
+    /// `--heartbeat-interval` in ms.
+    pub heartbeat_interval_ms: u64,
+    /// `--election-timeout` in ms.
+    pub election_timeout_ms: u64,
+    /// `--experimental-watch-progress-notify-interval`.
+    pub watch_progress_notify_interval: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            name: "default".into(),
+            data_dir: PathBuf::from("geobuk-data"),
+            advertise_client_urls: vec!["http://localhost:2379".into()],
+            initial_cluster_token: "etcd-cluster".into(),
+            max_request_bytes: limits::REQUEST_BYTES_MAX_DEFAULT,
+            max_txn_ops: limits::TXN_OPS_MAX_DEFAULT,
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
+            watch_progress_notify_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// etcd's minimum lease TTL: ceil(1.5 × election timeout) seconds.
+    pub fn min_lease_ttl_secs(&self) -> i64 {
+        let ms = self.election_timeout_ms * 3 / 2;
+        ms.div_ceil(1000) as i64
+    }
+
+    /// How long a write or linearizable read waits before etcd's "request
+    /// timed out" (etcd: 5 s plus twice the election timeout).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(5000 + 2 * self.election_timeout_ms)
+    }
+}
+
+/// Parses durations such as `500ms`, `5s`, `10m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_min_ttl() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert!(parse_duration("5x").is_err());
+        assert_eq!(StoreConfig::default().min_lease_ttl_secs(), 2);
+    }
+}

@@ -1,0 +1,120 @@
+//! The RocksDB instance shared by the Raft log and the state machine: one
+//! database, one WAL, so a synced log write also makes every earlier
+//! state-machine write durable, in order.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options};
+
+/// Column family names. The layout is documented in ARCHITECTURE.md.
+pub mod cf {
+    /// Raft log: big-endian u64 index → encoded `raftlog::LogEntry`.
+    pub const RAFT_LOG: &str = "raft_log";
+    /// Raft metadata: vote, last purged log id, committed log id.
+    pub const RAFT_META: &str = "raft_meta";
+    /// State-machine metadata: last applied, membership, revision, compaction.
+    pub const SM_META: &str = "sm_meta";
+    /// Live keys: user key → latest record (the current-revision read path).
+    pub const KV_LATEST: &str = "kv_latest";
+    /// Key history: escaped user key ‖ inverted revision → record (historical reads).
+    pub const KV_HISTORY: &str = "kv_history";
+    /// Revision log: revision ‖ sub → user key (watch replay, compaction).
+    pub const KV_REVS: &str = "kv_revs";
+    /// Leases: big-endian lease id → encoded lease.
+    pub const LEASE: &str = "lease";
+    /// Lease attachments: lease id ‖ user key → empty.
+    pub const LEASE_KEYS: &str = "lease_keys";
+
+    /// Every column family, in creation order.
+    pub const ALL: [&str; 8] = [RAFT_LOG, RAFT_META, SM_META, KV_LATEST, KV_HISTORY, KV_REVS, LEASE, LEASE_KEYS];
+}
+
+/// The errors opening or using the engine can produce.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// RocksDB reported an error.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// Stored bytes could not be decoded.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl From<EngineError> for std::io::Error {
+    fn from(e: EngineError) -> Self {
+        std::io::Error::other(e)
+    }
+}
+
+/// A shared handle to the database.
+#[derive(Clone)]
+pub struct Engine {
+    db: Arc<DB>,
+}
+
+impl Engine {
+    /// Opens (creating if needed) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, EngineError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Two cores: one background job for flushes, one for compactions.
+        opts.increase_parallelism(2);
+        opts.set_max_background_jobs(2);
+        let cfs = cf::ALL.iter().map(|name| {
+            let mut o = Options::default();
+            if *name == cf::KV_HISTORY || *name == cf::KV_REVS || *name == cf::RAFT_LOG {
+                o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// The raw database.
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// A column family handle; the names are fixed at open, so a miss is a bug.
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} was created at open"))
+    }
+
+    /// Makes every write so far durable (fsync of the WAL).
+    pub fn sync_wal(&self) -> Result<(), EngineError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// Approximate bytes on disk (SST files plus memtables), for Status.dbSize.
+    pub fn approximate_size(&self) -> i64 {
+        let mut total = 0u64;
+        for name in cf::ALL {
+            let cf = self.cf(name);
+            for prop in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
+                if let Ok(Some(v)) = self.db.property_int_value_cf(cf, prop) {
+                    total += v;
+                }
+            }
+        }
+        i64::try_from(total).unwrap_or(i64::MAX)
+    }
+}
+
+impl Engine {
+    /// Compacts every column family fully, reclaiming space (etcd's Defragment).
+    pub fn compact_all(&self) -> Result<(), EngineError> {
+        for name in cf::ALL {
+            self.db.compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,105 @@
+//! The store's errors, each mapped to the gRPC code and exact message etcd
+//! uses, because etcd clients recognise errors by their message text.
+
+use tonic::{Code, Status};
+
+/// An error a client can see. Messages are etcd's, verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: not capable")]
+    NotCapable,
+    /// A failure of the server itself (storage, a broken invariant).
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// The gRPC code etcd sends with this error.
+    pub fn code(&self) -> Code {
+        use StoreError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey | RequestTooLarge => {
+                Code::InvalidArgument
+            }
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
+            TooManyRequests => Code::ResourceExhausted,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExist | NotLeader | BadLeaderTransferee | NotCapable => Code::FailedPrecondition,
+            NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
+            Internal(_) => Code::Internal,
+        }
+    }
+
+    /// Wraps a storage failure.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<crate::engine::EngineError> for StoreError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        StoreError::internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_messages_match_etcd() {
+        let s: Status = StoreError::Compacted.into();
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
+        let s: Status = StoreError::LeaseNotFound.into();
+        assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+        let s: Status = StoreError::DuplicateKey.into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+    }
+}

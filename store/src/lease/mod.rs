@@ -1,0 +1,105 @@
+//! The lessor: the in-memory expiry clock of every lease. Grants and revokes
+//! are replicated; expiry times are not. Only the leader acts on them, and a
+//! new leader restarts every lease at its full TTL (etcd's default, see
+//! ARCHITECTURE.md), so a lease may outlive its TTL across a leader change
+//! but never expires early.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+struct Timer {
+    ttl_secs: i64,
+    expiry: Instant,
+}
+
+/// Lease expiry bookkeeping.
+#[derive(Debug, Default)]
+pub struct Lessor {
+    leases: Mutex<HashMap<i64, Timer>>,
+}
+
+fn deadline(now: Instant, ttl_secs: i64) -> Instant {
+    now + Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(0).min(1 << 40))
+}
+
+impl Lessor {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Timer>> {
+        // A panic while holding this lock cannot leave the map inconsistent:
+        // every update is a single insert or remove.
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A lease was granted (applied).
+    pub fn on_grant(&self, id: i64, ttl_secs: i64) {
+        self.lock().insert(id, Timer { ttl_secs, expiry: deadline(Instant::now(), ttl_secs) });
+    }
+
+    /// A lease was revoked (applied).
+    pub fn on_revoke(&self, id: i64) {
+        self.lock().remove(&id);
+    }
+
+    /// Restarts every lease at its full TTL, as a new leader does.
+    pub fn refresh_all(&self) {
+        let now = Instant::now();
+        for t in self.lock().values_mut() {
+            t.expiry = deadline(now, t.ttl_secs);
+        }
+    }
+
+    /// Renews a lease; its TTL, or `None` if it does not exist.
+    pub fn keep_alive(&self, id: i64) -> Option<i64> {
+        let mut leases = self.lock();
+        let t = leases.get_mut(&id)?;
+        t.expiry = deadline(Instant::now(), t.ttl_secs);
+        Some(t.ttl_secs)
+    }
+
+    /// Remaining and granted TTL in seconds, or `None` if unknown.
+    pub fn time_to_live(&self, id: i64) -> Option<(i64, i64)> {
+        let t = *self.lock().get(&id)?;
+        let left = t.expiry.saturating_duration_since(Instant::now());
+        // Round up as etcd does, so a fresh lease reports its full TTL.
+        let secs = left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0);
+        Some((secs, t.ttl_secs))
+    }
+
+    /// Every lease id, sorted.
+    pub fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.lock().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Up to `max` leases whose deadline has passed.
+    pub fn expired(&self, now: Instant, max: usize) -> Vec<i64> {
+        let mut ids: Vec<i64> =
+            self.lock().iter().filter(|(_, t)| t.expiry <= now).map(|(id, _)| *id).take(max).collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_follows_ttl_and_keep_alive() {
+        let l = Lessor::default();
+        l.on_grant(1, 2);
+        l.on_grant(2, 100);
+        let now = Instant::now();
+        assert!(l.expired(now, 10).is_empty());
+        assert_eq!(l.expired(now + Duration::from_secs(3), 10), vec![1]);
+        assert_eq!(l.keep_alive(1), Some(2));
+        assert_eq!(l.keep_alive(9), None);
+        assert_eq!(l.time_to_live(2).map(|(_, g)| g), Some(100));
+        assert!(l.time_to_live(2).unwrap().0 > 98);
+        l.on_revoke(1);
+        assert_eq!(l.ids(), vec![2]);
+        assert_eq!(l.expired(now + Duration::from_secs(1000), 10), vec![2]);
+    }
+}

@@ -1,0 +1,19 @@
+//! geobuk's store: a Raft-replicated MVCC key-value store on RocksDB that
+//! speaks etcd's v3 gRPC API.
+//!
+//! Layers, top to bottom: `service` (gRPC handlers, wire ↔ domain) →
+//! `raft` (openraft glue: log store, state machine, proposals) → `mvcc`,
+//! `lease`, `watch` (the data model) → `engine` (RocksDB).
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod lease;
+pub mod limits;
+pub mod mvcc;
+pub mod node;
+pub mod proto;
+pub mod raft;
+pub mod server;
+pub mod service;
+pub mod watch;

@@ -1,0 +1,32 @@
+//! Every queue, buffer and request size in the store has a named limit here,
+//! with the reason for its value. Units are in the name.
+
+/// etcd's `--max-request-bytes` default (1.5 MiB).
+pub const REQUEST_BYTES_MAX_DEFAULT: usize = 1536 * 1024;
+/// gRPC's receive limit is the request limit plus this overhead, as in etcd
+/// (`grpcOverheadBytes`), so an over-limit request reaches our handler and is
+/// answered with etcd's "request is too large" rather than a transport error.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// etcd's `--max-txn-ops` default.
+pub const TXN_OPS_MAX_DEFAULT: usize = 128;
+/// etcd's `MaxLeaseTTL`.
+pub const LEASE_TTL_MAX_SECS: i64 = 9_000_000_000;
+/// Leases the leader revokes per expiry round (etcd: 1,000/s, checked every 500 ms).
+pub const LEASE_REVOKES_PER_ROUND_MAX: usize = 500;
+/// Responses queued on one watch stream before its watchers fall back to
+/// catching up from storage (etcd 3.5: 128 per stream).
+pub const WATCH_STREAM_RESPONSES_BUFFERED_MAX: usize = 256;
+/// Events packed into one catch-up response read from storage; a revision is
+/// never split, so a response may exceed it by one revision's events.
+pub const WATCH_CATCHUP_EVENTS_PER_RESPONSE_MAX: usize = 1000;
+/// Watchers one stream may hold, so one client cannot exhaust the server.
+pub const WATCHERS_PER_STREAM_MAX: usize = 100_000;
+/// Lease keep-alive responses queued per stream.
+pub const LEASE_KEEPALIVE_RESPONSES_BUFFERED_MAX: usize = 128;
+/// Keys read from storage per Range batch while serving one request.
+pub const RANGE_SCAN_BATCH_KEYS: usize = 10_000;
+/// History revisions deleted per write batch during physical compaction, so
+/// compaction never holds up apply for long.
+pub const COMPACTION_BATCH_REVISIONS: usize = 10_000;
+/// Client requests being served at once, over all connections.
+pub const CONCURRENT_REQUESTS_MAX: usize = 10_000;

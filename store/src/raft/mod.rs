@@ -1,0 +1,9 @@
+//! openraft glue: type configuration, log storage, the state machine and the
+//! codec between openraft's types and geobuk's on-disk encoding.
+
+pub mod apply;
+pub mod codec;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;

@@ -1,0 +1,335 @@
+//! The Raft state machine: applies committed entries to the MVCC store,
+//! persists `last_applied` and membership in the same atomic batch as the
+//! data they cover (so replay after a crash is exact), then publishes events
+//! to watchers and answers the proposer.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use prost::Message;
+use rocksdb::WriteBatch;
+use tokio::sync::watch;
+
+use super::apply::{self, header};
+use super::codec;
+use super::types::{Applied, LogId, StoredMembership, TypeConfig};
+use crate::engine::{Engine, EngineError, cf};
+use crate::error::StoreError;
+use crate::lease::Lessor;
+use crate::mvcc::{self, Event, WriteTxn};
+use crate::proto::etcdserverpb as pb;
+use crate::proto::raftlog::{self, command::Op};
+use crate::watch::Hub;
+
+const META_LAST_APPLIED: &[u8] = b"last_applied";
+const META_MEMBERSHIP: &[u8] = b"membership";
+
+/// The store revision and compaction revision after the last applied entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Revisions {
+    /// Current store revision.
+    pub current: i64,
+    /// Compaction revision.
+    pub compacted: i64,
+}
+
+/// State the state machine shares with the services.
+pub struct Shared {
+    /// The database.
+    pub engine: Engine,
+    /// Watchers.
+    pub hub: Arc<Hub>,
+    /// Lease expiry clocks.
+    pub lessor: Arc<Lessor>,
+    /// Revisions after each apply.
+    pub revisions: watch::Sender<Revisions>,
+    /// Compaction revision the background compactor should reach.
+    pub compaction_target: watch::Sender<i64>,
+}
+
+impl Shared {
+    /// Loads the persisted revisions and leases from `engine`.
+    pub fn open(engine: Engine) -> Result<Arc<Self>, EngineError> {
+        let (current, compacted) = mvcc::load_revisions(&engine)?;
+        let lessor = Arc::new(Lessor::default());
+        for (id, ttl) in apply::load_leases(&engine)? {
+            lessor.on_grant(id, ttl);
+        }
+        let hub = Hub::new(engine.clone(), current, compacted);
+        Ok(Arc::new(Shared {
+            engine,
+            hub,
+            lessor,
+            revisions: watch::channel(Revisions { current, compacted }).0,
+            compaction_target: watch::channel(compacted).0,
+        }))
+    }
+}
+
+/// The openraft state machine.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    rev: Revisions,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl StateMachine {
+    /// Opens the state machine persisted in `shared.engine`.
+    pub fn open(shared: Arc<Shared>) -> Result<Self, io::Error> {
+        let engine = &shared.engine;
+        let meta = engine.cf(cf::SM_META);
+        let last_applied = match engine.db().get_cf(meta, META_LAST_APPLIED).map_err(io_err)? {
+            Some(raw) => Some(codec::decode_log_id(&raw).map_err(io_err)?),
+            None => None,
+        };
+        let membership = match engine.db().get_cf(meta, META_MEMBERSHIP).map_err(io_err)? {
+            Some(raw) => codec::decode_stored_membership(&raw).map_err(io_err)?,
+            None => StoredMembership::default(),
+        };
+        let rev = *shared.revisions.borrow();
+        Ok(StateMachine { shared, last_applied, membership, rev })
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    /// Applies one normal entry's command; returns the batch to write, the
+    /// events to publish after writing, and the answer.
+    fn apply_command(&mut self, raw: &[u8]) -> (WriteBatch, Vec<Event>, Applied) {
+        let cmd = match raftlog::Command::decode(raw) {
+            Ok(c) => c,
+            Err(e) => {
+                let err = StoreError::Internal(format!("undecodable command: {e}"));
+                return (WriteBatch::default(), Vec::new(), Applied::Rejected(err));
+            }
+        };
+        let Some(op) = cmd.op else {
+            return (WriteBatch::default(), Vec::new(), Applied::Nothing);
+        };
+        match op {
+            Op::Put(p) => self.apply_kv(apply::single_op_txn(pb::request_op::Request::RequestPut(p)), KvKind::Put),
+            Op::DeleteRange(d) => {
+                self.apply_kv(apply::single_op_txn(pb::request_op::Request::RequestDeleteRange(d)), KvKind::Delete)
+            }
+            Op::Txn(t) => self.apply_kv(t, KvKind::Txn),
+            Op::Compact(c) => self.apply_compact(c.revision),
+            Op::LeaseGrant(g) => self.apply_lease_grant(g),
+            Op::LeaseRevoke(r) => self.apply_lease_revoke(r),
+        }
+    }
+
+    fn apply_kv(&mut self, req: pb::TxnRequest, kind: KvKind) -> (WriteBatch, Vec<Event>, Applied) {
+        let engine = self.shared.engine.clone();
+        let mut txn = WriteTxn::new(&engine, self.rev.current, self.rev.compacted);
+        match apply::apply_txn(&engine, &mut txn, &req) {
+            Err(e) => (WriteBatch::default(), Vec::new(), Applied::Rejected(e)),
+            Ok(mut resp) => {
+                let (batch, revision, events) = txn.finish();
+                self.rev.current = revision;
+                resp.header = header(revision);
+                (batch, events, kind.answer(resp))
+            }
+        }
+    }
+
+    fn apply_compact(&mut self, revision: i64) -> (WriteBatch, Vec<Event>, Applied) {
+        if let Err(e) = mvcc::check_compact(self.rev.current, self.rev.compacted, revision) {
+            return (WriteBatch::default(), Vec::new(), Applied::Rejected(e));
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.engine().cf(cf::SM_META), mvcc::META_COMPACT_REVISION, revision.to_be_bytes());
+        self.rev.compacted = revision;
+        let resp = pb::CompactionResponse { header: header(self.rev.current) };
+        (batch, Vec::new(), Applied::Compact(resp))
+    }
+
+    fn apply_lease_grant(&mut self, g: pb::LeaseGrantRequest) -> (WriteBatch, Vec<Event>, Applied) {
+        match apply::lease_exists(self.engine(), g.id) {
+            Ok(true) => return (WriteBatch::default(), Vec::new(), Applied::Rejected(StoreError::LeaseExist)),
+            Ok(false) => {}
+            Err(e) => return (WriteBatch::default(), Vec::new(), Applied::Rejected(e.into())),
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.engine().cf(cf::LEASE), g.id.to_be_bytes(), apply::encode_lease(g.ttl));
+        let resp = pb::LeaseGrantResponse { header: header(self.rev.current), id: g.id, ttl: g.ttl, error: String::new() };
+        (batch, Vec::new(), Applied::LeaseGrant(resp))
+    }
+
+    /// Revokes leases one revision each. Earlier leases' batches are written
+    /// here; the last one is returned to be written with `last_applied`.
+    fn apply_lease_revoke(&mut self, r: raftlog::LeaseRevoke) -> (WriteBatch, Vec<Event>, Applied) {
+        let engine = self.shared.engine.clone();
+        let mut pending: Option<(WriteBatch, Vec<Event>)> = None;
+        for id in &r.ids {
+            match apply::lease_exists(&engine, *id) {
+                Ok(true) => {}
+                Ok(false) if r.expired => continue,
+                Ok(false) => return (WriteBatch::default(), Vec::new(), Applied::Rejected(StoreError::LeaseNotFound)),
+                Err(e) => return (WriteBatch::default(), Vec::new(), Applied::Rejected(e.into())),
+            }
+            if let Some((batch, events)) = pending.take() {
+                if let Err(e) = self.write_and_publish(batch, &events) {
+                    return (WriteBatch::default(), Vec::new(), Applied::Rejected(e.into()));
+                }
+            }
+            let mut txn = WriteTxn::new(&engine, self.rev.current, self.rev.compacted);
+            if let Err(e) = apply::revoke_lease(&engine, &mut txn, *id) {
+                return (WriteBatch::default(), Vec::new(), Applied::Rejected(e));
+            }
+            let (batch, revision, events) = txn.finish();
+            self.rev.current = revision;
+            self.shared.lessor.on_revoke(*id);
+            pending = Some((batch, events));
+        }
+        let (batch, events) = pending.unwrap_or_default();
+        let resp = pb::LeaseRevokeResponse { header: header(self.rev.current) };
+        (batch, events, Applied::LeaseRevoke(resp))
+    }
+
+    fn write_and_publish(&self, batch: WriteBatch, events: &[Event]) -> Result<(), EngineError> {
+        self.engine().db().write(batch)?;
+        self.publish(events);
+        Ok(())
+    }
+
+    fn publish(&self, events: &[Event]) {
+        if let Some(last) = events.last() {
+            self.shared.hub.publish(last.kv.mod_revision, events);
+        }
+    }
+
+    fn apply_entry(&mut self, entry: &super::types::Entry) -> Result<Applied, io::Error> {
+        let (mut batch, events, applied) = match &entry.payload {
+            EntryPayload::Blank => (WriteBatch::default(), Vec::new(), Applied::Nothing),
+            EntryPayload::Normal(cmd) => self.apply_command(&cmd.0),
+            EntryPayload::Membership(m) => {
+                self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                let mut b = WriteBatch::default();
+                let raw = codec::encode_stored_membership(&self.membership);
+                b.put_cf(self.engine().cf(cf::SM_META), META_MEMBERSHIP, raw);
+                (b, Vec::new(), Applied::Nothing)
+            }
+        };
+        if let Applied::Rejected(StoreError::Internal(e)) = &applied {
+            // Storage failed mid-apply: stop rather than diverge from peers.
+            return Err(io_err(e));
+        }
+        self.last_applied = Some(entry.log_id);
+        batch.put_cf(self.engine().cf(cf::SM_META), META_LAST_APPLIED, codec::encode_log_id(&entry.log_id));
+        self.engine().db().write(batch).map_err(io_err)?;
+        self.after_write(&events, &applied);
+        Ok(applied)
+    }
+
+    fn after_write(&self, events: &[Event], applied: &Applied) {
+        self.publish(events);
+        match applied {
+            Applied::LeaseGrant(g) => self.shared.lessor.on_grant(g.id, g.ttl),
+            Applied::Compact(_) => {
+                self.shared.hub.on_compacted(self.rev.compacted);
+                self.shared.compaction_target.send_replace(self.rev.compacted);
+            }
+            _ => {}
+        }
+        self.shared.revisions.send_replace(self.rev);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum KvKind {
+    Put,
+    Delete,
+    Txn,
+}
+
+impl KvKind {
+    fn answer(self, mut resp: pb::TxnResponse) -> Applied {
+        let mut single = || resp.responses.pop().and_then(|r| r.response);
+        match self {
+            KvKind::Txn => Applied::Txn(resp),
+            KvKind::Put => match single() {
+                Some(pb::response_op::Response::ResponsePut(mut p)) => {
+                    p.header = resp.header;
+                    Applied::Put(p)
+                }
+                _ => Applied::Rejected(StoreError::Internal("put produced no put response".into())),
+            },
+            KvKind::Delete => {
+                let header = resp.header;
+                match single() {
+                    Some(pb::response_op::Response::ResponseDeleteRange(mut d)) => {
+                        d.header = header;
+                        Applied::DeleteRange(d)
+                    }
+                    _ => Applied::Rejected(StoreError::Internal("delete produced no delete response".into())),
+                }
+            }
+        }
+    }
+}
+
+/// Snapshot transfer arrives with the multi-member store; a one-member
+/// cluster never needs one.
+#[derive(Debug)]
+pub struct NoSnapshot;
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = NoSnapshot;
+
+    async fn build_snapshot(&mut self) -> Result<openraft::alias::SnapshotOf<TypeConfig, NoSnapshot>, io::Error> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "snapshots are not supported yet"))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = NoSnapshot;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let applied = self.apply_entry(&entry)?;
+            if let Some(r) = responder {
+                r.send(applied);
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
+        None
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        StateMachine {
+            shared: self.shared.clone(),
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            rev: self.rev,
+        }
+    }
+
+    async fn install_snapshot(&mut self, _meta: &openraft::alias::SnapshotMetaOf<TypeConfig>, _snapshot: NoSnapshot) -> Result<(), io::Error> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "snapshots are not supported yet"))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, NoSnapshot>>, io::Error> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,66 @@
+//! Serving: binds the etcd gRPC services (and gRPC health) on the client
+//! listeners and runs until the shutdown future resolves.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::StoreConfig;
+use crate::limits::GRPC_OVERHEAD_BYTES;
+use crate::node::{Node, StartError};
+use crate::proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use crate::service::Ctx;
+
+/// Errors running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The member did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Starts the member and serves clients on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: StoreConfig,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let node = Node::start(config).await?;
+    let result = serve(node.clone(), listeners, shutdown).await;
+    node.stop().await;
+    result
+}
+
+/// Serves an already started member.
+pub async fn serve(
+    node: Arc<Node>,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let ctx = Ctx { node: node.clone() };
+    let limit = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new));
+    tracing::info!(?addrs, member_id = format!("{:x}", node.member_id), "serving client requests");
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(crate::limits::CONCURRENT_REQUESTS_MAX)
+        .add_service(KvServer::new(ctx.clone()).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX))
+        .add_service(WatchServer::new(ctx.clone()).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX))
+        .add_service(LeaseServer::new(ctx.clone()).max_decoding_message_size(limit))
+        .add_service(ClusterServer::new(ctx.clone()).max_decoding_message_size(limit))
+        .add_service(MaintenanceServer::new(ctx).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX))
+        .add_service(health)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
