@@ -30,3 +30,7 @@ pub const RANGE_SCAN_BATCH_KEYS: usize = 10_000;
 pub const COMPACTION_BATCH_REVISIONS: usize = 10_000;
 /// Client requests being served at once, over all connections.
 pub const CONCURRENT_REQUESTS_MAX: usize = 10_000;
+/// The transport's own cap on one decoded message. Unary KV requests between
+/// `--max-request-bytes` + [`GRPC_OVERHEAD_BYTES`] and this cap are refused by
+/// the handler with grpc-go's ResourceExhausted answer, as etcd clients expect.
+pub const GRPC_MESSAGE_BYTES_HARD_MAX: usize = 64 * 1024 * 1024;

@@ -181,7 +181,9 @@ impl Node {
         let write = self.raft.client_write(data);
         match tokio::time::timeout(self.config.request_timeout(), write).await {
             Err(_) => Err(StoreError::Timeout),
-            Ok(Err(e)) => Err(map_raft_error(&e.to_string(), self.raft.metrics().borrow_watched().current_leader.is_some())),
+            Ok(Err(e)) => {
+                Err(map_raft_error(&e.to_string(), self.raft.metrics().borrow_watched().current_leader.is_some()))
+            }
             Ok(Ok(resp)) => match resp.data {
                 Applied::Rejected(e) => Err(e),
                 other => Ok(other),

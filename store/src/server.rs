@@ -47,6 +47,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let ctx = Ctx { node: node.clone() };
     let limit = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let unary_limit = crate::limits::GRPC_MESSAGE_BYTES_HARD_MAX.max(limit);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
@@ -54,8 +55,12 @@ pub async fn serve(
     tracing::info!(?addrs, member_id = format!("{:x}", node.member_id), "serving client requests");
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(crate::limits::CONCURRENT_REQUESTS_MAX)
-        .add_service(KvServer::new(ctx.clone()).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX))
-        .add_service(WatchServer::new(ctx.clone()).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX))
+        .add_service(
+            KvServer::new(ctx.clone()).max_decoding_message_size(unary_limit).max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            WatchServer::new(ctx.clone()).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX),
+        )
         .add_service(LeaseServer::new(ctx.clone()).max_decoding_message_size(limit))
         .add_service(ClusterServer::new(ctx.clone()).max_decoding_message_size(limit))
         .add_service(MaintenanceServer::new(ctx).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX))

@@ -110,9 +110,8 @@ pub fn decode_history_key(raw: &[u8]) -> Result<(Vec<u8>, i64), EngineError> {
             }
             (0, 1) => {
                 let rest = &raw[i + 2..];
-                let inv: [u8; 8] = rest
-                    .try_into()
-                    .map_err(|_| corrupt("history key", format!("{} revision bytes", rest.len())))?;
+                let inv: [u8; 8] =
+                    rest.try_into().map_err(|_| corrupt("history key", format!("{} revision bytes", rest.len())))?;
                 return Ok((key, !u64::from_be_bytes(inv) as i64));
             }
             (0, b) => return Err(corrupt("history key", format!("bad escape 00 {b:02x}"))),
@@ -169,10 +168,7 @@ mod tests {
             lease: 7,
             value: Bytes::from_static(b"v"),
         };
-        assert_eq!(
-            hex(&r.encode()),
-            "0100000000000000000200000000000000050000000000000003000000000000000776"
-        );
+        assert_eq!(hex(&r.encode()), "0100000000000000000200000000000000050000000000000003000000000000000776");
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         let t = Record { tombstone: true, version: 0, value: Bytes::new(), ..r };
         assert_eq!(Record::decode(&t.encode()).unwrap(), t);

@@ -98,10 +98,9 @@ pub(crate) fn read_meta_i64(engine: &Engine, key: &[u8]) -> Result<i64, EngineEr
 }
 
 pub fn decode_i64(v: &[u8]) -> Result<i64, EngineError> {
-    let arr: [u8; 8] = v.try_into().map_err(|_| EngineError::Corrupt {
-        what: "meta integer",
-        detail: format!("{} bytes", v.len()),
-    })?;
+    let arr: [u8; 8] = v
+        .try_into()
+        .map_err(|_| EngineError::Corrupt { what: "meta integer", detail: format!("{} bytes", v.len()) })?;
     Ok(i64::from_be_bytes(arr))
 }
 
@@ -151,7 +150,6 @@ pub mod range {
         vec![0]
     }
 }
-
 
 #[cfg(test)]
 mod model_tests;

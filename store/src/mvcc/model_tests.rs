@@ -53,8 +53,17 @@ impl Model {
             match v {
                 Some(v) => {
                     let kv = match next.get(k) {
-                        Some(p) => KeyValue { mod_revision: rev, version: p.version + 1, value: v.clone(), ..p.clone() },
-                        None => KeyValue { key: k.clone(), create_revision: rev, mod_revision: rev, version: 1, value: v.clone(), lease: 0 },
+                        Some(p) => {
+                            KeyValue { mod_revision: rev, version: p.version + 1, value: v.clone(), ..p.clone() }
+                        }
+                        None => KeyValue {
+                            key: k.clone(),
+                            create_revision: rev,
+                            mod_revision: rev,
+                            version: 1,
+                            value: v.clone(),
+                            lease: 0,
+                        },
                     };
                     next.insert(k.clone(), kv);
                     changed = true;

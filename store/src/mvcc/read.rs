@@ -303,10 +303,15 @@ impl<'a> ReadView<'a> {
         overlay: &BTreeMap<Bytes, Option<KeyValue>>,
     ) -> Result<RangeResult, StoreError> {
         let rev = self.resolve_revision(q.revision)?;
-        let touched = rev == self.current
-            && overlay.keys().any(|k| range::contains(&q.key, &q.range_end, k));
+        let touched = rev == self.current && overlay.keys().any(|k| range::contains(&q.key, &q.range_end, k));
         let collect_all = touched || q.has_filters() || q.effective_order() != SortOrder::None;
-        let want = if q.count_only { 0 } else if q.limit > 0 && !collect_all { q.limit as usize + 1 } else { usize::MAX };
+        let want = if q.count_only {
+            0
+        } else if q.limit > 0 && !collect_all {
+            q.limit as usize + 1
+        } else {
+            usize::MAX
+        };
         let mut kvs: Vec<KeyValue> = Vec::new();
         let mut count: i64 = 0;
         self.scan(&q.key, &q.range_end, rev, &mut |k, raw| {

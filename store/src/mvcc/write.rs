@@ -65,13 +65,22 @@ impl<'a> WriteTxn<'a> {
 
     /// Live keys in `[key, end)` as of this txn's changes so far.
     pub fn live_keys(&self, key: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        let q = RangeQuery { key: Bytes::copy_from_slice(key), range_end: Bytes::copy_from_slice(end), ..Default::default() };
+        let q = RangeQuery {
+            key: Bytes::copy_from_slice(key),
+            range_end: Bytes::copy_from_slice(end),
+            ..Default::default()
+        };
         Ok(self.range(&q)?.kvs)
     }
 
     /// Puts `key`. `value`/`lease` of `None` keep the previous ones (etcd's
     /// ignore_value / ignore_lease; the caller checked the key exists).
-    pub fn put(&mut self, key: Bytes, value: Option<Bytes>, lease: Option<i64>) -> Result<Option<KeyValue>, EngineError> {
+    pub fn put(
+        &mut self,
+        key: Bytes,
+        value: Option<Bytes>,
+        lease: Option<i64>,
+    ) -> Result<Option<KeyValue>, EngineError> {
         let prev = self.get(&key)?;
         let kv = KeyValue {
             key: key.clone(),

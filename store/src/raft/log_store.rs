@@ -183,7 +183,8 @@ impl RaftLogReader<TypeConfig> for LogReader {
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
         let span = tracing::debug_span!("raft_log_read_limited", start, end, entries = tracing::field::Empty);
         let _guard = span.enter();
-        let entries = self.read_range(index_key(start).to_vec(), Some(index_key(end).to_vec()), LIMITED_READ_BYTES_MAX)?;
+        let entries =
+            self.read_range(index_key(start).to_vec(), Some(index_key(end).to_vec()), LIMITED_READ_BYTES_MAX)?;
         span.record("entries", entries.len());
         Ok(entries)
     }
@@ -501,7 +502,6 @@ impl LogStore {
         self.probe.clone()
     }
 }
-
 
 #[cfg(test)]
 mod tests {

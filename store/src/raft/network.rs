@@ -4,7 +4,7 @@
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::{RaftNetworkV2, OptionalSend};
+use openraft::{OptionalSend, RaftNetworkV2};
 
 use super::state_machine::NoSnapshot;
 use super::types::{MemberInfo, TypeConfig, Vote};

@@ -160,7 +160,8 @@ impl StateMachine {
         }
         let mut batch = WriteBatch::default();
         batch.put_cf(self.engine().cf(cf::LEASE), g.id.to_be_bytes(), apply::encode_lease(g.ttl));
-        let resp = pb::LeaseGrantResponse { header: header(self.rev.current), id: g.id, ttl: g.ttl, error: String::new() };
+        let resp =
+            pb::LeaseGrantResponse { header: header(self.rev.current), id: g.id, ttl: g.ttl, error: String::new() };
         (batch, Vec::new(), Applied::LeaseGrant(resp))
     }
 
@@ -325,11 +326,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn install_snapshot(&mut self, _meta: &openraft::alias::SnapshotMetaOf<TypeConfig>, _snapshot: NoSnapshot) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        _meta: &openraft::alias::SnapshotMetaOf<TypeConfig>,
+        _snapshot: NoSnapshot,
+    ) -> Result<(), io::Error> {
         Err(io::Error::new(io::ErrorKind::Unsupported, "snapshots are not supported yet"))
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, NoSnapshot>>, io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, NoSnapshot>>, io::Error> {
         Ok(None)
     }
 }

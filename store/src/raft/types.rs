@@ -5,8 +5,8 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::proto::etcdserverpb as pb;
 use crate::error::StoreError;
+use crate::proto::etcdserverpb as pb;
 
 /// A member's identity as stored in the Raft membership (etcd's Member without the id).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -46,7 +46,10 @@ impl Cluster for Ctx {
         Err(Status::unimplemented("membership changes need the multi-member store"))
     }
 
-    async fn member_list(&self, _r: Request<pb::MemberListRequest>) -> Result<Response<pb::MemberListResponse>, Status> {
+    async fn member_list(
+        &self,
+        _r: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
         let header = self.node.header(self.node.shared.hub.current_revision());
         Ok(Response::new(pb::MemberListResponse { header, members: self.members() }))
     }

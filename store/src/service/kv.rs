@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use tonic::{Request, Response, Status};
 
-use super::{Ctx, fill};
+use super::{Ctx, check_grpc_size, fill};
 use crate::error::StoreError;
 use crate::mvcc::{KeyValue, RangeQuery, range};
 use crate::proto::etcdserverpb::{self as pb, kv_server::Kv, request_op};
@@ -123,6 +123,7 @@ impl Kv for Ctx {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         let r = req.into_inner();
+        check_grpc_size(&self.node, &r)?;
         check_range(&r)?;
         let view = self.node.read_view(r.serializable).await?;
         let res = view.range(&RangeQuery::from(&r))?;
@@ -134,6 +135,7 @@ impl Kv for Ctx {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let p = req.into_inner();
+        check_grpc_size(&self.node, &p)?;
         check_put(&p)?;
         match self.node.propose(Op::Put(p)).await? {
             Applied::Put(mut resp) => {
@@ -150,6 +152,7 @@ impl Kv for Ctx {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let d = req.into_inner();
+        check_grpc_size(&self.node, &d)?;
         check_delete(&d)?;
         match self.node.propose(Op::DeleteRange(d)).await? {
             Applied::DeleteRange(mut resp) => {
@@ -163,6 +166,7 @@ impl Kv for Ctx {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let t = req.into_inner();
+        check_grpc_size(&self.node, &t)?;
         check_txn(&t, self.node.config.max_txn_ops)?;
         match self.node.propose(Op::Txn(t)).await? {
             Applied::Txn(mut resp) => {
@@ -227,7 +231,10 @@ mod tests {
         // Then/else of a nested txn exclude each other.
         assert_eq!(check_txn(&txn(vec![nested(vec![put("a")], vec![put("a")])]), 128), Ok(()));
         assert_eq!(check_txn(&txn(vec![put("a"), nested(vec![put("a")], vec![])]), 128), Err(StoreError::DuplicateKey));
-        assert_eq!(check_txn(&txn(vec![del("a", ""), nested(vec![], vec![put("a")])]), 128), Err(StoreError::DuplicateKey));
+        assert_eq!(
+            check_txn(&txn(vec![del("a", ""), nested(vec![], vec![put("a")])]), 128),
+            Err(StoreError::DuplicateKey)
+        );
         let many: Vec<_> = (0..129).map(|i| put(&format!("k{i}"))).collect();
         assert_eq!(check_txn(&txn(many), 128), Err(StoreError::TooManyOps));
     }

@@ -30,7 +30,10 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveRespon
 #[tonic::async_trait]
 impl Lease for Ctx {
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn lease_grant(&self, req: Request<pb::LeaseGrantRequest>) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        req: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let mut g = req.into_inner();
         if g.ttl > LEASE_TTL_MAX_SECS {
             return Err(StoreError::LeaseTtlTooLarge.into());
@@ -54,7 +57,10 @@ impl Lease for Ctx {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn lease_revoke(&self, req: Request<pb::LeaseRevokeRequest>) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        req: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let id = req.into_inner().id;
         let op = Op::LeaseRevoke(raftlog::LeaseRevoke { ids: vec![id], expired: false });
         match self.node.propose(op).await? {
@@ -108,7 +114,10 @@ impl Lease for Ctx {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn lease_leases(&self, _req: Request<pb::LeaseLeasesRequest>) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        _req: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let view = self.node.read_view(false).await?;
         let leases = self.node.shared.lessor.ids().into_iter().map(|id| pb::LeaseStatus { id }).collect();
         Ok(Response::new(pb::LeaseLeasesResponse { header: self.node.header(view.current), leases }))

@@ -50,7 +50,10 @@ impl Maintenance for Ctx {
         }))
     }
 
-    async fn defragment(&self, _req: Request<pb::DefragmentRequest>) -> Result<Response<pb::DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _req: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
         let engine = self.node.shared.engine.clone();
         tokio::task::spawn_blocking(move || engine.compact_all())
             .await
@@ -73,7 +76,8 @@ impl Maintenance for Ctx {
         Ok(Response::new(pb::HashKvResponse {
             header: self.node.header(view.current),
             hash,
-            compact_revision: view.compacted,
+            // etcd reports -1 until the first compaction.
+            compact_revision: if view.compacted == 0 { -1 } else { view.compacted },
             hash_revision: rev,
         }))
     }
@@ -84,7 +88,10 @@ impl Maintenance for Ctx {
         Err(Status::unimplemented("snapshot backup arrives with the multi-member store"))
     }
 
-    async fn move_leader(&self, req: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
         if target != self.node.member_id {
             return Err(StoreError::BadLeaderTransferee.into());

@@ -24,3 +24,15 @@ pub struct Ctx {
     /// The member.
     pub node: Arc<Node>,
 }
+
+/// grpc-go's answer to a message over the receive limit, which etcd clients
+/// see for requests far above `--max-request-bytes`.
+pub(crate) fn check_grpc_size(node: &Node, msg: &impl prost::Message) -> Result<(), tonic::Status> {
+    let limit = node.config.max_request_bytes + crate::limits::GRPC_OVERHEAD_BYTES;
+    let len = msg.encoded_len();
+    if len > limit {
+        let text = format!("grpc: received message larger than max ({len} vs. {limit})");
+        return Err(tonic::Status::resource_exhausted(text));
+    }
+    Ok(())
+}

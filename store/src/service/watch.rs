@@ -59,7 +59,7 @@ impl WatchStreamTask {
         }
         let id = if c.watch_id != 0 { c.watch_id } else { self.auto_id() };
         if self.watchers.contains_key(&id) || self.watchers.len() >= WATCHERS_PER_STREAM_MAX {
-            let mut r = self.response(id, current);
+            let mut r = self.response(-1, current);
             (r.created, r.canceled, r.cancel_reason) = (true, true, DUPLICATE_WATCH_ID.to_string());
             return self.send(r).await;
         }
@@ -76,7 +76,8 @@ impl WatchStreamTask {
         created.created = true;
         match self.node.shared.hub.add(spec, c.start_revision, self.sink.clone()) {
             Ok(hub_key) => {
-                let local = Local { hub_key, progress_notify: c.progress_notify, fragment: c.fragment, sent_since_tick: false };
+                let local =
+                    Local { hub_key, progress_notify: c.progress_notify, fragment: c.fragment, sent_since_tick: false };
                 self.watchers.insert(id, local);
                 self.send(created).await
             }
@@ -91,8 +92,7 @@ impl WatchStreamTask {
 
     fn compacted(&self, watch_id: i64, compact_revision: i64) -> pb::WatchResponse {
         let mut r = self.response(watch_id, 0);
-        (r.canceled, r.compact_revision, r.cancel_reason) =
-            (true, compact_revision, StoreError::Compacted.to_string());
+        (r.canceled, r.compact_revision, r.cancel_reason) = (true, compact_revision, StoreError::Compacted.to_string());
         r
     }
 
@@ -168,7 +168,8 @@ impl WatchStreamTask {
         let total = whole.events.len();
         for (i, e) in whole.events.into_iter().enumerate() {
             if !part.events.is_empty() && part.encoded_len() + e.encoded_len() + 8 > limit {
-                let mut full = std::mem::replace(&mut part, pb::WatchResponse { events: Vec::new(), ..Default::default() });
+                let mut full =
+                    std::mem::replace(&mut part, pb::WatchResponse { events: Vec::new(), ..Default::default() });
                 full.fragment = true;
                 part.header = full.header;
                 part.watch_id = full.watch_id;

@@ -156,10 +156,7 @@ fn event_at(view: &ReadView<'_>, key: Bytes, rev: i64) -> Result<Event, EngineEr
         what: "history",
         detail: format!("revision {rev} lists a key with no version at it"),
     })?;
-    let prev = view
-        .get_at(&key, rev - 1)?
-        .filter(|r| !r.tombstone)
-        .map(|r| KeyValue::from_record(key.clone(), r));
+    let prev = view.get_at(&key, rev - 1)?.filter(|r| !r.tombstone).map(|r| KeyValue::from_record(key.clone(), r));
     if rec.tombstone {
         let kv = KeyValue { key, mod_revision: rev, ..Default::default() };
         Ok(Event { kind: EventKind::Delete, kv, prev_kv: prev })

@@ -10,14 +10,7 @@ use crate::engine::Engine;
 use crate::mvcc::WriteTxn;
 
 fn spec(watch_id: i64) -> WatchSpec {
-    WatchSpec {
-        watch_id,
-        key: b"k".to_vec(),
-        range_end: b"l".to_vec(),
-        prev_kv: true,
-        no_put: false,
-        no_delete: false,
-    }
+    WatchSpec { watch_id, key: b"k".to_vec(), range_end: b"l".to_vec(), prev_kv: true, no_put: false, no_delete: false }
 }
 
 /// Writes one put per revision and publishes it, as apply does.
