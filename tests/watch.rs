@@ -490,3 +490,38 @@ async fn resume_from_last_revision_plus_one() -> Result<()> {
     assert_eq!(seen, [("r/c".into(), 4), ("r/a".into(), 5), ("r/d".into(), 6)]);
     Ok(())
 }
+
+/// A watcher that asked for `fragment` gets a response larger than
+/// --max-request-bytes split into several; one that did not gets it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_revisions_are_fragmented_only_when_asked() -> Result<()> {
+    let server = TestServer::start_with(&["--max-request-bytes", "10000"]).await?;
+    let mut client = server.client().await?;
+    let value = |c: u8| vec![c; 3000];
+    for k in ["f/a", "f/b", "f/c"] {
+        client.put(k, value(b'1'), None).await?;
+    }
+    let opts = WatchOptions::new().with_prefix().with_prev_key();
+    let (mut fragmented, _) = open(&mut client, "f/", Some(opts.clone().with_fragment())).await?;
+    let (mut whole, _) = open(&mut client, "f/", Some(opts)).await?;
+    let txn = Txn::new().and_then(["f/a", "f/b", "f/c"].map(|k| TxnOp::put(k, value(b'2'), None)));
+    let revision = rev(client.txn(txn).await?.header());
+
+    let mut parts = 0;
+    let mut keys = Vec::new();
+    while keys.len() < 3 {
+        let resp = next_watch(&mut fragmented).await?;
+        parts += 1;
+        for e in resp.events() {
+            ensure!(mod_rev(e) == revision, "every part belongs to revision {revision}");
+            keys.push(key_of(e));
+        }
+    }
+    assert_eq!(keys, ["f/a", "f/b", "f/c"], "fragments keep op order and lose nothing");
+    assert!(parts > 1, "an 18 KB revision over a 10 KB limit arrives in fragments");
+    if !common::is_etcd() {
+        let resp = next_watch(&mut whole).await?;
+        assert_eq!(resp.events().len(), 3, "without fragment the revision arrives whole");
+    }
+    Ok(())
+}

@@ -135,6 +135,10 @@ pub struct RangeResult {
     pub more: bool,
 }
 
+/// A scan callback: gets each live key with its encoded record, returns
+/// whether to go on.
+pub(crate) type Visit<'v> = dyn FnMut(Bytes, &[u8]) -> Result<bool, EngineError> + 'v;
+
 /// A consistent read view at one revision.
 pub struct ReadView<'a> {
     engine: &'a Engine,
@@ -219,13 +223,7 @@ impl<'a> ReadView<'a> {
 
     /// Calls `visit` with each live key in `[key, end)` at `rev` in key order
     /// until it returns false.
-    pub(crate) fn scan(
-        &self,
-        key: &[u8],
-        end: &[u8],
-        rev: i64,
-        visit: &mut dyn FnMut(Bytes, &[u8]) -> Result<bool, EngineError>,
-    ) -> Result<(), EngineError> {
+    pub(crate) fn scan(&self, key: &[u8], end: &[u8], rev: i64, visit: &mut Visit<'_>) -> Result<(), EngineError> {
         if end.is_empty() {
             let rec = if rev == self.current { self.get_latest(key)? } else { self.get_at(key, rev)? };
             if let Some(r) = rec.filter(|r| !r.tombstone) {
@@ -236,12 +234,7 @@ impl<'a> ReadView<'a> {
         if rev == self.current { self.scan_latest(key, end, visit) } else { self.scan_history(key, end, rev, visit) }
     }
 
-    fn scan_latest(
-        &self,
-        key: &[u8],
-        end: &[u8],
-        visit: &mut dyn FnMut(Bytes, &[u8]) -> Result<bool, EngineError>,
-    ) -> Result<(), EngineError> {
+    fn scan_latest(&self, key: &[u8], end: &[u8], visit: &mut Visit<'_>) -> Result<(), EngineError> {
         let mut opts = self.read_opts();
         if let Some(upper) = range::upper_bound(key, end) {
             opts.set_iterate_upper_bound(upper);
@@ -256,13 +249,7 @@ impl<'a> ReadView<'a> {
         Ok(())
     }
 
-    fn scan_history(
-        &self,
-        key: &[u8],
-        end: &[u8],
-        rev: i64,
-        visit: &mut dyn FnMut(Bytes, &[u8]) -> Result<bool, EngineError>,
-    ) -> Result<(), EngineError> {
+    fn scan_history(&self, key: &[u8], end: &[u8], rev: i64, visit: &mut Visit<'_>) -> Result<(), EngineError> {
         let db = self.engine.db();
         let cf = self.engine.cf(cf::KV_HISTORY);
         let mut it = db.raw_iterator_cf_opt(cf, self.read_opts());

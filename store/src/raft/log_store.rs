@@ -382,7 +382,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged_log_id = self.reader.last_purged()?;
         let last = self.reader.edge_log_id(IteratorMode::End)?;
         // With every entry purged, the last log id is the last purged one.
-        let last_log_id = last.or_else(|| last_purged_log_id.clone());
+        let last_log_id = last.or(last_purged_log_id);
         tracing::debug!(?last_purged_log_id, ?last_log_id, "raft log state");
         Ok(LogState { last_purged_log_id, last_log_id })
     }

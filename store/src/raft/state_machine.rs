@@ -177,10 +177,10 @@ impl StateMachine {
                 Ok(false) => return (WriteBatch::default(), Vec::new(), Applied::Rejected(StoreError::LeaseNotFound)),
                 Err(e) => return (WriteBatch::default(), Vec::new(), Applied::Rejected(e.into())),
             }
-            if let Some((batch, events)) = pending.take() {
-                if let Err(e) = self.write_and_publish(batch, &events) {
-                    return (WriteBatch::default(), Vec::new(), Applied::Rejected(e.into()));
-                }
+            if let Some((batch, events)) = pending.take()
+                && let Err(e) = self.write_and_publish(batch, &events)
+            {
+                return (WriteBatch::default(), Vec::new(), Applied::Rejected(e.into()));
             }
             let mut txn = WriteTxn::new(&engine, self.rev.current, self.rev.compacted);
             if let Err(e) = apply::revoke_lease(&engine, &mut txn, *id) {

@@ -44,7 +44,7 @@ impl Lease for Ctx {
             if !chosen {
                 g.id = new_lease_id();
             }
-            match self.node.propose(Op::LeaseGrant(g.clone())).await {
+            match self.node.propose(Op::LeaseGrant(g)).await {
                 Ok(Applied::LeaseGrant(mut resp)) => {
                     fill(&self.node, &mut resp.header);
                     return Ok(Response::new(resp));

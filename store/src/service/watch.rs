@@ -193,10 +193,10 @@ impl WatchStreamTask {
             }
         }
         for (id, key) in due {
-            if let Some(rev) = self.node.shared.hub.synced_revision(key) {
-                if !self.send(self.response(id, rev)).await {
-                    return false;
-                }
+            if let Some(rev) = self.node.shared.hub.synced_revision(key)
+                && !self.send(self.response(id, rev)).await
+            {
+                return false;
             }
         }
         true

@@ -160,10 +160,17 @@ impl Hub {
     /// Delivers the events of one applied revision to synced watchers. Never
     /// blocks: a watcher with a full buffer is moved to catch-up.
     pub fn publish(&self, revision: i64, events: &[Event]) {
+        {
+            let mut st = self.lock();
+            st.current = st.current.max(revision);
+            if st.synced.is_empty() {
+                return;
+            }
+        }
+        // Converted once per revision and shared (Bytes) by every watcher.
         let full: Vec<mvccpb::Event> = events.iter().map(|e| to_pb(e, true)).collect();
         let bare: Vec<mvccpb::Event> = events.iter().map(|e| to_pb(e, false)).collect();
         let mut st = self.lock();
-        st.current = st.current.max(revision);
         let mut demoted = Vec::new();
         let mut closed = Vec::new();
         for (key, w) in st.synced.iter_mut() {
