@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_flags_serves_2379_with_data_in_geobuk_data() -> Result<()> {
     if common::is_etcd() {
         return Ok(());

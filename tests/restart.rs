@@ -184,3 +184,18 @@ async fn sigkill_during_concurrent_writes() -> Result<()> {
     assert!(now >= max_acked, "revision {now} went behind an acknowledged write {max_acked}");
     Ok(())
 }
+
+/// SIGTERM ends the server even while a client holds a watch stream open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_an_open_watch_stream_exits() -> anyhow::Result<()> {
+    let mut server = TestServer::start().await?;
+    let mut client = server.client().await?;
+    let mut stream = client.watch("w", None).await?;
+    common::next_watch(&mut stream).await?;
+    let status =
+        common::within_for(std::time::Duration::from_secs(20), "exit after SIGTERM", server.terminate()).await??;
+    if !common::is_etcd() {
+        assert!(status.success(), "clean exit: {status}");
+    }
+    Ok(())
+}

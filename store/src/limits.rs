@@ -34,3 +34,6 @@ pub const CONCURRENT_REQUESTS_MAX: usize = 10_000;
 /// `--max-request-bytes` + [`GRPC_OVERHEAD_BYTES`] and this cap are refused by
 /// the handler with grpc-go's ResourceExhausted answer, as etcd clients expect.
 pub const GRPC_MESSAGE_BYTES_HARD_MAX: usize = 64 * 1024 * 1024;
+/// How long a stopping server lets requests and streams in flight finish
+/// before it closes their connections.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

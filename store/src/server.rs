@@ -53,7 +53,18 @@ pub async fn serve(
     let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new));
     tracing::info!(?addrs, member_id = format!("{:x}", node.member_id), "serving client requests");
-    tonic::transport::Server::builder()
+    // Long-lived streams (watch, keep-alive) would hold a graceful shutdown
+    // open forever: give requests in flight a bounded grace period.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    };
+    let grace = async move {
+        let _ = stop_rx.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(crate::limits::SHUTDOWN_GRACE).await;
+    };
+    let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(crate::limits::CONCURRENT_REQUESTS_MAX)
         .add_service(
             KvServer::new(ctx.clone()).max_decoding_message_size(unary_limit).max_encoding_message_size(usize::MAX),
@@ -65,7 +76,10 @@ pub async fn serve(
         .add_service(ClusterServer::new(ctx.clone()).max_decoding_message_size(limit))
         .add_service(MaintenanceServer::new(ctx).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX))
         .add_service(health)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    tokio::select! {
+        res = server => res?,
+        _ = grace => tracing::info!("closing connections still open after the shutdown grace period"),
+    }
     Ok(())
 }
