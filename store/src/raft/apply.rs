@@ -76,6 +76,14 @@ fn compare_holds(txn: &WriteTxn<'_>, c: &pb::Compare) -> Result<bool, StoreError
 
 fn compare_kv(c: &pb::Compare, target: compare::CompareTarget, kv: &KeyValue) -> bool {
     use compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+    // etcd reads the union only when its variant matches the target; else 0.
+    let wanted = match (target, &c.target_union) {
+        (T::Create, Some(U::CreateRevision(v)))
+        | (T::Mod, Some(U::ModRevision(v)))
+        | (T::Version, Some(U::Version(v)))
+        | (T::Lease, Some(U::Lease(v))) => *v,
+        _ => 0,
+    };
     let ord = match target {
         T::Value => {
             let want: &[u8] = match &c.target_union {
@@ -84,22 +92,10 @@ fn compare_kv(c: &pb::Compare, target: compare::CompareTarget, kv: &KeyValue) ->
             };
             kv.value.as_ref().cmp(want)
         }
-        T::Create => kv.create_revision.cmp(&match c.target_union {
-            Some(U::CreateRevision(v)) => v,
-            _ => 0,
-        }),
-        T::Mod => kv.mod_revision.cmp(&match c.target_union {
-            Some(U::ModRevision(v)) => v,
-            _ => 0,
-        }),
-        T::Version => kv.version.cmp(&match c.target_union {
-            Some(U::Version(v)) => v,
-            _ => 0,
-        }),
-        T::Lease => kv.lease.cmp(&match c.target_union {
-            Some(U::Lease(v)) => v,
-            _ => 0,
-        }),
+        T::Create => kv.create_revision.cmp(&wanted),
+        T::Mod => kv.mod_revision.cmp(&wanted),
+        T::Version => kv.version.cmp(&wanted),
+        T::Lease => kv.lease.cmp(&wanted),
     };
     match R::try_from(c.result).unwrap_or(R::Equal) {
         R::Equal => ord.is_eq(),
