@@ -67,6 +67,12 @@ impl Record {
     }
 }
 
+/// Whether an encoded record is a tombstone, without decoding it (a malformed
+/// record reads as live and fails when decoded).
+pub fn is_tombstone(raw: &[u8]) -> bool {
+    raw.get(1).is_some_and(|flags| flags & FLAG_TOMBSTONE != 0)
+}
+
 fn corrupt(what: &'static str, detail: String) -> EngineError {
     EngineError::Corrupt { what, detail }
 }

@@ -200,24 +200,25 @@ impl<'a> ReadView<'a> {
 
     /// The live version of `key`.
     pub fn get_latest(&self, key: &[u8]) -> Result<Option<Record>, EngineError> {
-        let db = self.engine.db();
-        match db.get_cf_opt(self.engine.cf(cf::KV_LATEST), key, &self.read_opts())? {
-            Some(raw) => Ok(Some(Record::decode(&raw)?)),
-            None => Ok(None),
-        }
+        self.raw_latest(key)?.map(|raw| Record::decode(&raw)).transpose()
+    }
+
+    fn raw_latest(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.engine.db().get_cf_opt(self.engine.cf(cf::KV_LATEST), key, &self.read_opts())?)
     }
 
     /// The newest version of `key` at or below `rev`, tombstones included.
     pub fn get_at(&self, key: &[u8], rev: i64) -> Result<Option<Record>, EngineError> {
+        self.raw_at(key, rev)?.map(|raw| Record::decode(&raw)).transpose()
+    }
+
+    fn raw_at(&self, key: &[u8], rev: i64) -> Result<Option<Box<[u8]>>, EngineError> {
         let start = codec::history_key(key, rev);
         let mode = IteratorMode::From(&start, Direction::Forward);
         let mut it = self.engine.db().iterator_cf_opt(self.engine.cf(cf::KV_HISTORY), self.read_opts(), mode);
         match it.next().transpose()? {
-            Some((k, v)) => {
-                let (user_key, _) = codec::decode_history_key(&k)?;
-                if user_key == key { Ok(Some(Record::decode(&v)?)) } else { Ok(None) }
-            }
-            None => Ok(None),
+            Some((k, v)) if codec::decode_history_key(&k)?.0 == key => Ok(Some(v)),
+            _ => Ok(None),
         }
     }
 
@@ -225,9 +226,13 @@ impl<'a> ReadView<'a> {
     /// until it returns false.
     pub(crate) fn scan(&self, key: &[u8], end: &[u8], rev: i64, visit: &mut Visit<'_>) -> Result<(), EngineError> {
         if end.is_empty() {
-            let rec = if rev == self.current { self.get_latest(key)? } else { self.get_at(key, rev)? };
-            if let Some(r) = rec.filter(|r| !r.tombstone) {
-                visit(Bytes::copy_from_slice(key), &r.encode())?;
+            let raw = if rev == self.current {
+                self.raw_latest(key)?.map(Vec::into_boxed_slice)
+            } else {
+                self.raw_at(key, rev)?
+            };
+            if let Some(raw) = raw.filter(|raw| !codec::is_tombstone(raw)) {
+                visit(Bytes::copy_from_slice(key), &raw)?;
             }
             return Ok(());
         }
@@ -265,7 +270,7 @@ impl<'a> ReadView<'a> {
                 continue;
             }
             let raw = it.value().expect("valid iterator");
-            if Record::decode(raw)?.tombstone {
+            if codec::is_tombstone(raw) {
                 it.seek(codec::history_key_after_all(&user_key));
                 continue;
             }
