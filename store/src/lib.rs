@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod lease;
 pub mod limits;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod proto;

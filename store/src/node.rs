@@ -59,6 +59,8 @@ pub struct Node {
     pub member_id: u64,
     /// The cluster's id.
     pub cluster_id: u64,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     shutdown: watch::Sender<bool>,
     compaction_done: watch::Sender<i64>,
 }
@@ -105,6 +107,7 @@ impl Node {
         let (member_id, cluster_id) = member_ids(&engine, &config)?;
         let shared = Shared::open(engine.clone())?;
         let sm = StateMachine::open(shared.clone()).map_err(|e| StartError::Raft(e.to_string()))?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let log_store = LogStore::open(engine.clone())?;
         let raft_config = openraft::Config {
             cluster_name: "geobuk".into(),
@@ -134,6 +137,7 @@ impl Node {
             shared,
             member_id,
             cluster_id,
+            metrics,
             shutdown: watch::channel(false).0,
             compaction_done: watch::channel(0).0,
         });
