@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use store::config::{StoreConfig, parse_duration};
+use store::config::{StoreConfig, parse_duration, parse_name_urls};
 
 #[derive(Parser)]
 #[command(name = "geobuk", version, about = "A self-contained Kubernetes-style control plane")]
@@ -18,6 +18,59 @@ struct Cli {
 enum Command {
     /// Run an etcd-compatible store member.
     Store(StoreArgs),
+    /// Work with store backups (from `etcdctl snapshot save` or Maintenance.Snapshot).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Build a fresh member data dir for a new cluster from a backup (etcdctl's flags).
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The backup file.
+    file: PathBuf,
+    /// Human-readable name for the restored member.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Path to the data directory to create (default: <name>.etcd, as etcdctl).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Initial cluster configuration of the new cluster: name=peerURL,...
+    #[arg(long, default_value = "default=http://localhost:2380")]
+    initial_cluster: String,
+    /// Initial cluster token of the new cluster.
+    #[arg(long, default_value = "etcd-cluster")]
+    initial_cluster_token: String,
+    /// This member's advertised peer URLs.
+    #[arg(long, default_value = "http://localhost:2380")]
+    initial_advertise_peer_urls: String,
+}
+
+fn run_restore(args: RestoreArgs) -> Result<()> {
+    let initial_cluster = parse_name_urls(&args.initial_cluster).map_err(anyhow::Error::msg)?;
+    let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.etcd", args.name)));
+    let config = StoreConfig {
+        name: args.name,
+        data_dir: data_dir.clone(),
+        initial_cluster,
+        initial_cluster_token: args.initial_cluster_token,
+        initial_advertise_peer_urls: url_list(&args.initial_advertise_peer_urls),
+        ..StoreConfig::default()
+    };
+    let id = store::restore::restore(&args.file, &config)
+        .with_context(|| format!("restoring {} into {}", args.file.display(), data_dir.display()))?;
+    eprintln!(
+        "restored snapshot {} into {} (member {:x}, cluster {:x})",
+        args.file.display(),
+        data_dir.display(),
+        id.member_id,
+        id.cluster_id
+    );
+    Ok(())
 }
 
 /// Flags use etcd's names and defaults.
@@ -47,9 +100,30 @@ struct StoreArgs {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long, default_value_t = 1000)]
     election_timeout: u64,
-    /// Initial cluster token for the etcd cluster during bootstrap.
-    #[arg(long, default_value = "etcd-cluster")]
-    initial_cluster_token: String,
+    /// Initial cluster token for the etcd cluster during bootstrap (default "etcd-cluster").
+    #[arg(long)]
+    initial_cluster_token: Option<String>,
+    /// URLs to listen on for peer traffic (comma-separated, http only).
+    #[arg(long, default_value = "http://localhost:2380")]
+    listen_peer_urls: String,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2380")]
+    initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping: name=peerURL,... (default: --name=--initial-advertise-peer-urls).
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// Initial cluster state ('new' or 'existing').
+    #[arg(long, default_value = "new")]
+    initial_cluster_state: store::config::ClusterState,
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_count: u64,
+    /// Number of entries for a slow follower to catch up after compacting the Raft log.
+    #[arg(long, default_value_t = 5000)]
+    experimental_snapshot_catchup_entries: u64,
+    /// name=URL pairs: dial this URL instead of that member's advertised peer URL (for proxies).
+    #[arg(long, default_value = "")]
+    experimental_peer_dial_overrides: String,
     /// Duration of periodic watch progress notifications (e.g. 500ms, 10m).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     experimental_watch_progress_notify_interval: std::time::Duration,
@@ -83,25 +157,51 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run_store(args: StoreArgs) -> Result<()> {
-    let addrs = parse_urls(&args.listen_client_urls)?;
+async fn bind_all(urls: &str) -> Result<Vec<tokio::net::TcpListener>> {
     let mut listeners = Vec::new();
-    for addr in &addrs {
+    for addr in parse_urls(urls)? {
         listeners.push(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?);
     }
+    Ok(listeners)
+}
+
+fn url_list(s: &str) -> Vec<String> {
+    s.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).filter(|u| !u.is_empty()).collect()
+}
+
+fn store_config(args: StoreArgs) -> Result<StoreConfig> {
     let advertise = args.advertise_client_urls.clone().unwrap_or_else(|| args.listen_client_urls.clone());
-    let config = StoreConfig {
+    let initial_cluster = match &args.initial_cluster {
+        Some(list) => parse_name_urls(list).map_err(anyhow::Error::msg)?,
+        // etcd: without --initial-cluster, the cluster is this member alone.
+        None => [(args.name.clone(), url_list(&args.initial_advertise_peer_urls))].into(),
+    };
+    let overrides = parse_name_urls(&args.experimental_peer_dial_overrides).map_err(anyhow::Error::msg)?;
+    Ok(StoreConfig {
         name: args.name,
         data_dir: args.data_dir,
-        advertise_client_urls: advertise.split(',').map(|s| s.trim().to_string()).collect(),
-        initial_cluster_token: args.initial_cluster_token,
+        advertise_client_urls: url_list(&advertise),
+        initial_cluster_token_explicit: args.initial_cluster_token.is_some(),
+        initial_cluster_token: args.initial_cluster_token.unwrap_or_else(|| "etcd-cluster".into()),
+        initial_advertise_peer_urls: url_list(&args.initial_advertise_peer_urls),
+        initial_cluster,
+        initial_cluster_state: args.initial_cluster_state,
+        snapshot_count: args.snapshot_count,
+        snapshot_catchup_entries: args.experimental_snapshot_catchup_entries,
+        peer_dial_overrides: overrides.into_iter().filter_map(|(k, mut v)| Some((k, v.pop()?))).collect(),
         max_request_bytes: args.max_request_bytes,
         max_txn_ops: args.max_txn_ops,
         heartbeat_interval_ms: args.heartbeat_interval,
         election_timeout_ms: args.election_timeout,
         watch_progress_notify_interval: args.experimental_watch_progress_notify_interval,
-    };
-    store::server::run(config, listeners, shutdown_signal()).await?;
+    })
+}
+
+async fn run_store(args: StoreArgs) -> Result<()> {
+    let client_listeners = bind_all(&args.listen_client_urls).await?;
+    let peer_listeners = bind_all(&args.listen_peer_urls).await?;
+    let config = store_config(args)?;
+    store::server::run(config, client_listeners, peer_listeners, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -116,5 +216,6 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.command {
         Command::Store(args) => runtime.block_on(run_store(args)),
+        Command::Snapshot(SnapshotCommand::Restore(args)) => run_restore(args),
     }
 }

@@ -1,7 +1,8 @@
 //! Generates the etcd v3 wire types and geobuk's Raft log encoding from store/proto.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/etcd/kv.proto", "proto/etcd/rpc.proto", "proto/geobuk/raftlog.proto"];
+    let protos =
+        ["proto/etcd/kv.proto", "proto/etcd/rpc.proto", "proto/geobuk/raftlog.proto", "proto/geobuk/peer.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -48,6 +48,20 @@ pub enum StoreError {
     BadLeaderTransferee,
     #[error("etcdserver: not capable")]
     NotCapable,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     /// A failure of the server itself (storage, a broken invariant).
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -64,10 +78,59 @@ impl StoreError {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExist | NotLeader | BadLeaderTransferee | NotCapable => Code::FailedPrecondition,
-            NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
+            LeaseExist
+            | NotLeader
+            | BadLeaderTransferee
+            | NotCapable
+            | PeerUrlExists
+            | MemberExists
+            | TooManyLearners
+            | MemberNotLearner
+            | LearnerNotReady
+            | NotEnoughStartedMembers => Code::FailedPrecondition,
+            NoLeader | LeaderChanged | Stopped | Timeout | LeaderTransferTimeout => Code::Unavailable,
             Internal(_) => Code::Internal,
         }
+    }
+
+    /// The error whose etcd message is `msg` (how a rejection travels between
+    /// members and sits in the dedup table); unknown text becomes `Internal`.
+    pub fn from_message(msg: &str) -> Self {
+        use StoreError::*;
+        let known = [
+            EmptyKey,
+            KeyNotFound,
+            ValueProvided,
+            LeaseProvided,
+            TooManyOps,
+            DuplicateKey,
+            Compacted,
+            FutureRev,
+            RequestTooLarge,
+            TooManyRequests,
+            LeaseNotFound,
+            LeaseExist,
+            LeaseTtlTooLarge,
+            NoLeader,
+            NotLeader,
+            LeaderChanged,
+            Stopped,
+            Timeout,
+            MemberNotFound,
+            BadLeaderTransferee,
+            NotCapable,
+            PeerUrlExists,
+            MemberExists,
+            TooManyLearners,
+            MemberNotLearner,
+            LearnerNotReady,
+            NotEnoughStartedMembers,
+            LeaderTransferTimeout,
+        ];
+        known
+            .into_iter()
+            .find(|e| e.to_string() == msg)
+            .unwrap_or_else(|| Internal(msg.strip_prefix("etcdserver: ").unwrap_or(msg).to_string()))
     }
 
     /// Wraps a storage failure.
@@ -101,5 +164,8 @@ mod tests {
         assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: requested lease not found"));
         let s: Status = StoreError::DuplicateKey.into();
         assert_eq!(s.code(), Code::InvalidArgument);
+        for e in [StoreError::LeaseNotFound, StoreError::Compacted, StoreError::Internal("disk on fire".into())] {
+            assert_eq!(StoreError::from_message(&e.to_string()), e);
+        }
     }
 }

@@ -37,3 +37,13 @@ pub const GRPC_MESSAGE_BYTES_HARD_MAX: usize = 64 * 1024 * 1024;
 /// How long a stopping server lets requests and streams in flight finish
 /// before it closes their connections.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Largest message on the peer protocol: an append-entries batch of up to
+/// `RAFT_PAYLOAD_ENTRIES_MAX` entries, each at most a max-size request.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Log entries per append-entries message (openraft's max_payload_entries).
+pub const RAFT_PAYLOAD_ENTRIES_MAX: u64 = 64;
+/// How long one forwarding attempt to the leader may take before it is
+/// retried (with the same request id) until the request timeout.
+pub const FORWARD_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Pause before retrying a forward when the leader is unknown or just changed.
+pub const FORWARD_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);

@@ -20,7 +20,17 @@ pub mod geobuk {
             tonic::include_proto!("geobuk.raftlog.v1");
         }
     }
+    /// The member-to-member protocol.
+    pub mod peer {
+        /// Version 1 of the peer protocol.
+        pub mod v1 {
+            tonic::include_proto!("geobuk.peer.v1");
+        }
+    }
 }
+
+/// geobuk's member-to-member protocol.
+pub use geobuk::peer::v1 as peerpb;
 
 /// geobuk's Raft log entries, votes, membership and state-machine commands.
 pub use geobuk::raftlog::v1 as raftlog;

@@ -8,12 +8,14 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::StoreConfig;
-use crate::limits::GRPC_OVERHEAD_BYTES;
+use crate::limits::{GRPC_OVERHEAD_BYTES, PEER_MESSAGE_BYTES_MAX};
 use crate::node::{Node, StartError};
+use crate::peer::server::PeerService;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::proto::peerpb::peer_server::PeerServer;
 use crate::service::Ctx;
 
 /// Errors running the server.
@@ -27,16 +29,51 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Starts the member and serves clients on `listener` until `shutdown` resolves.
+/// Starts the member, serves peers on `peer_listeners` and clients on
+/// `client_listeners` until `shutdown` resolves.
 pub async fn run(
     config: StoreConfig,
-    listeners: Vec<TcpListener>,
+    client_listeners: Vec<TcpListener>,
+    peer_listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let node = Node::start(config).await?;
-    let result = serve(node.clone(), listeners, shutdown).await;
+    let (peer_stop, peer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let peers = tokio::spawn(serve_peers(node.clone(), peer_listeners, async {
+        let _ = peer_stopped.await;
+    }));
+    let result = serve(node.clone(), client_listeners, shutdown).await;
     node.stop().await;
+    let _ = peer_stop.send(());
+    match peers.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "peer server"),
+        Err(e) => tracing::warn!(error = %e, "peer server task"),
+        Ok(Ok(())) => {}
+    }
     result
+}
+
+/// Serves the peer protocol until `shutdown` resolves.
+pub async fn serve_peers(
+    node: Arc<Node>,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    tracing::info!(?addrs, "serving peer requests");
+    let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new));
+    let service = PeerServer::new(PeerService::new(node))
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let grace = async move {
+        shutdown.await;
+    };
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, grace)
+        .await?;
+    Ok(())
 }
 
 /// Serves an already started member.

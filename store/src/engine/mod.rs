@@ -26,8 +26,18 @@ pub mod cf {
     /// Lease attachments: lease id ‖ user key → empty.
     pub const LEASE_KEYS: &str = "lease_keys";
 
+    /// Applied request ids: `i` ‖ request id → log index ‖ encoded reply, and
+    /// `o` ‖ log index ‖ request id → empty (oldest first, for pruning).
+    pub const DEDUP: &str = "dedup";
+    /// Published member attributes: big-endian member id → `raftlog.MemberAttributes`.
+    pub const MEMBERS: &str = "members";
+
     /// Every column family, in creation order.
-    pub const ALL: [&str; 8] = [RAFT_LOG, RAFT_META, SM_META, KV_LATEST, KV_HISTORY, KV_REVS, LEASE, LEASE_KEYS];
+    pub const ALL: [&str; 10] =
+        [RAFT_LOG, RAFT_META, SM_META, KV_LATEST, KV_HISTORY, KV_REVS, LEASE, LEASE_KEYS, DEDUP, MEMBERS];
+
+    /// The state machine's column families: what a snapshot holds and an install replaces.
+    pub const STATE_MACHINE: [&str; 8] = [SM_META, KV_LATEST, KV_HISTORY, KV_REVS, LEASE, LEASE_KEYS, DEDUP, MEMBERS];
 }
 
 /// The errors opening or using the engine can produce.
@@ -110,6 +120,25 @@ impl Engine {
 }
 
 impl Engine {
+    /// Deletes every key of column family `name` (one range delete plus the last key).
+    pub fn clear_cf(&self, name: &str) -> Result<(), EngineError> {
+        let cf = self.cf(name);
+        let mut it = self.db.raw_iterator_cf(cf);
+        it.seek_to_first();
+        let Some(first) = it.key().map(<[u8]>::to_vec) else {
+            it.status()?;
+            return Ok(());
+        };
+        it.seek_to_last();
+        let last = it.key().map(<[u8]>::to_vec).unwrap_or_else(|| first.clone());
+        it.status()?;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range_cf(cf, &first, &last);
+        batch.delete_cf(cf, &last);
+        self.db.write(batch)?;
+        Ok(())
+    }
+
     /// Compacts every column family fully, reclaiming space (etcd's Defragment).
     pub fn compact_all(&self) -> Result<(), EngineError> {
         for name in cf::ALL {

@@ -41,6 +41,16 @@ impl Lessor {
         self.lock().remove(&id);
     }
 
+    /// Replaces every lease (after a snapshot install), each at its full TTL.
+    pub fn reset(&self, leases: &[(i64, i64)]) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        map.clear();
+        for (id, ttl) in leases {
+            map.insert(*id, Timer { ttl_secs: *ttl, expiry: deadline(now, *ttl) });
+        }
+    }
+
     /// Restarts every lease at its full TTL, as a new leader does.
     pub fn refresh_all(&self) {
         let now = Instant::now();

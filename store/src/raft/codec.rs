@@ -33,11 +33,11 @@ pub enum CodecError {
 
 // ---- LogId ---------------------------------------------------------------
 
-fn log_id_to_pb(log_id: &LogId) -> pb::LogId {
+pub(crate) fn log_id_to_pb(log_id: &LogId) -> pb::LogId {
     pb::LogId { term: log_id.leader_id.term, node_id: log_id.leader_id.node_id, index: log_id.index }
 }
 
-fn log_id_from_pb(p: &pb::LogId) -> LogId {
+pub(crate) fn log_id_from_pb(p: &pb::LogId) -> LogId {
     let leader_id = CommittedLeaderIdOf::<TypeConfig> { term: p.term, node_id: p.node_id };
     LogId { leader_id, index: p.index }
 }
@@ -54,17 +54,23 @@ pub fn decode_log_id(bytes: &[u8]) -> Result<LogId, CodecError> {
 
 // ---- Vote ----------------------------------------------------------------
 
+pub(crate) fn vote_to_pb(vote: &Vote) -> pb::Vote {
+    pb::Vote { term: vote.leader_id.term, node_id: vote.leader_id.node_id, committed: vote.committed }
+}
+
+pub(crate) fn vote_from_pb(p: &pb::Vote) -> Vote {
+    let leader_id = LeaderIdOf::<TypeConfig> { term: p.term, node_id: p.node_id };
+    Vote { leader_id, committed: p.committed }
+}
+
 /// Encodes a vote (`raftlog.Vote`).
 pub fn encode_vote(vote: &Vote) -> Vec<u8> {
-    let p = pb::Vote { term: vote.leader_id.term, node_id: vote.leader_id.node_id, committed: vote.committed };
-    p.encode_to_vec()
+    vote_to_pb(vote).encode_to_vec()
 }
 
 /// Decodes a vote written by [`encode_vote`].
 pub fn decode_vote(bytes: &[u8]) -> Result<Vote, CodecError> {
-    let p = pb::Vote::decode(bytes)?;
-    let leader_id = LeaderIdOf::<TypeConfig> { term: p.term, node_id: p.node_id };
-    Ok(Vote { leader_id, committed: p.committed })
+    Ok(vote_from_pb(&pb::Vote::decode(bytes)?))
 }
 
 // ---- Membership ----------------------------------------------------------
@@ -101,39 +107,51 @@ fn membership_from_pb(p: pb::Membership) -> Result<Membership, CodecError> {
     Ok(Membership::new(configs, nodes)?)
 }
 
-/// Encodes a stored membership (`raftlog.StoredMembership`).
-pub fn encode_stored_membership(sm: &StoredMembership) -> Vec<u8> {
-    let p = pb::StoredMembership {
+pub(crate) fn stored_membership_to_pb(sm: &StoredMembership) -> pb::StoredMembership {
+    pb::StoredMembership {
         log_id: sm.log_id().as_ref().map(log_id_to_pb),
         membership: Some(membership_to_pb(sm.membership())),
-    };
-    p.encode_to_vec()
+    }
 }
 
-/// Decodes a stored membership written by [`encode_stored_membership`].
-pub fn decode_stored_membership(bytes: &[u8]) -> Result<StoredMembership, CodecError> {
-    let p = pb::StoredMembership::decode(bytes)?;
+pub(crate) fn stored_membership_from_pb(p: pb::StoredMembership) -> Result<StoredMembership, CodecError> {
     let membership = p.membership.ok_or(CodecError::MissingField("StoredMembership.membership"))?;
     Ok(StoredMembership::new(p.log_id.as_ref().map(log_id_from_pb), membership_from_pb(membership)?))
 }
 
+/// Encodes a stored membership (`raftlog.StoredMembership`).
+pub fn encode_stored_membership(sm: &StoredMembership) -> Vec<u8> {
+    stored_membership_to_pb(sm).encode_to_vec()
+}
+
+/// Decodes a stored membership written by [`encode_stored_membership`].
+pub fn decode_stored_membership(bytes: &[u8]) -> Result<StoredMembership, CodecError> {
+    stored_membership_from_pb(pb::StoredMembership::decode(bytes)?)
+}
+
 // ---- Entry ---------------------------------------------------------------
 
-/// Encodes a log entry (`raftlog.LogEntry`).
-pub fn encode_entry(entry: &Entry) -> Vec<u8> {
+pub(crate) fn entry_to_pb(entry: &Entry) -> pb::LogEntry {
     let payload = match &entry.payload {
         EntryPayload::Blank => Payload::Blank(pb::Blank {}),
         // `Bytes` clone is a refcount bump: the command was encoded once by the proposer.
         EntryPayload::Normal(cmd) => Payload::Normal(cmd.0.clone()),
         EntryPayload::Membership(m) => Payload::Membership(membership_to_pb(m)),
     };
-    let p = pb::LogEntry { log_id: Some(log_id_to_pb(&entry.log_id)), payload: Some(payload) };
-    p.encode_to_vec()
+    pb::LogEntry { log_id: Some(log_id_to_pb(&entry.log_id)), payload: Some(payload) }
+}
+
+/// Encodes a log entry (`raftlog.LogEntry`).
+pub fn encode_entry(entry: &Entry) -> Vec<u8> {
+    entry_to_pb(entry).encode_to_vec()
 }
 
 /// Decodes a log entry written by [`encode_entry`].
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
-    let p = pb::LogEntry::decode(bytes)?;
+    entry_from_pb(pb::LogEntry::decode(bytes)?)
+}
+
+pub(crate) fn entry_from_pb(p: pb::LogEntry) -> Result<Entry, CodecError> {
     let log_id = p.log_id.as_ref().map(log_id_from_pb).ok_or(CodecError::MissingField("LogEntry.log_id"))?;
     let payload = match p.payload.ok_or(CodecError::MissingField("LogEntry.payload"))? {
         Payload::Blank(_) => EntryPayload::Blank,

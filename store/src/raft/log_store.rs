@@ -34,7 +34,7 @@ const LIMITED_READ_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// `raft_meta` keys.
 const META_VOTE: &[u8] = b"vote";
-const META_LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const META_LAST_PURGED: &[u8] = b"last_purged";
 const META_COMMITTED: &[u8] = b"committed";
 
 /// A key greater than every 8-byte index key: the exclusive end of "the whole log".

@@ -3,7 +3,7 @@
 
 pub mod apply;
 pub mod codec;
+pub mod dedup;
 pub mod log_store;
-pub mod network;
 pub mod state_machine;
 pub mod types;

@@ -15,17 +15,22 @@ use tokio::sync::watch;
 
 use super::apply::{self, header};
 use super::codec;
+use super::dedup;
 use super::types::{Applied, LogId, StoredMembership, TypeConfig};
 use crate::engine::{Engine, EngineError, cf};
 use crate::error::StoreError;
 use crate::lease::Lessor;
+use crate::metrics::Metrics;
 use crate::mvcc::{self, Event, WriteTxn};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::raftlog::{self, command::Op};
+use crate::snapshot::{self, SnapshotDir, SnapshotFile, SnapshotInfo};
 use crate::watch::Hub;
 
-const META_LAST_APPLIED: &[u8] = b"last_applied";
-const META_MEMBERSHIP: &[u8] = b"membership";
+/// `sm_meta` key of the last applied log id.
+pub(crate) const META_LAST_APPLIED: &[u8] = b"last_applied";
+/// `sm_meta` key of the membership in effect at `last_applied`.
+pub(crate) const META_MEMBERSHIP: &[u8] = b"membership";
 
 /// The store revision and compaction revision after the last applied entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,16 +53,18 @@ pub struct Shared {
     pub revisions: watch::Sender<Revisions>,
     /// Compaction revision the background compactor should reach.
     pub compaction_target: watch::Sender<i64>,
+    /// Raft snapshots on disk.
+    pub snapshots: Arc<SnapshotDir>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
     /// Loads the persisted revisions and leases from `engine`.
-    pub fn open(engine: Engine) -> Result<Arc<Self>, EngineError> {
+    pub fn open(engine: Engine, snapshots: Arc<SnapshotDir>, metrics: Arc<Metrics>) -> Result<Arc<Self>, EngineError> {
         let (current, compacted) = mvcc::load_revisions(&engine)?;
         let lessor = Arc::new(Lessor::default());
-        for (id, ttl) in apply::load_leases(&engine)? {
-            lessor.on_grant(id, ttl);
-        }
+        lessor.reset(&apply::load_leases(&engine)?);
         let hub = Hub::new(engine.clone(), current, compacted);
         Ok(Arc::new(Shared {
             engine,
@@ -65,7 +72,20 @@ impl Shared {
             lessor,
             revisions: watch::channel(Revisions { current, compacted }).0,
             compaction_target: watch::channel(compacted).0,
+            snapshots,
+            metrics,
         }))
+    }
+
+    /// Reloads every in-memory view of the store after a snapshot install.
+    fn reload(&self) -> Result<Revisions, EngineError> {
+        let (current, compacted) = mvcc::load_revisions(&self.engine)?;
+        self.lessor.reset(&apply::load_leases(&self.engine)?);
+        self.hub.reset(current, compacted);
+        let rev = Revisions { current, compacted };
+        self.revisions.send_replace(rev);
+        self.compaction_target.send_replace(compacted);
+        Ok(rev)
     }
 }
 
@@ -102,17 +122,33 @@ impl StateMachine {
         &self.shared.engine
     }
 
-    /// Applies one normal entry's command; returns the batch to write, the
-    /// events to publish after writing, and the answer.
-    fn apply_command(&mut self, raw: &[u8]) -> (WriteBatch, Vec<Event>, Applied) {
+    /// Applies one normal entry's command at log `index`; returns the batch
+    /// to write, the events to publish after writing, and the answer.
+    fn apply_command(&mut self, raw: &[u8], index: u64) -> (WriteBatch, Vec<Event>, Applied) {
         let cmd = match raftlog::Command::decode(raw) {
             Ok(c) => c,
             Err(e) => {
+                // Deterministic: every member decodes the same bytes the same way.
                 let err = StoreError::Internal(format!("undecodable command: {e}"));
                 return (WriteBatch::default(), Vec::new(), Applied::Rejected(err));
             }
         };
-        let Some(op) = cmd.op else {
+        if cmd.request_id != 0 {
+            match dedup::lookup(self.engine(), cmd.request_id) {
+                Ok(Some(first)) => return (WriteBatch::default(), Vec::new(), first),
+                Ok(None) => {}
+                Err(e) => return (WriteBatch::default(), Vec::new(), Applied::Rejected(e.into())),
+            }
+        }
+        let (mut batch, events, applied) = self.apply_op(cmd.op);
+        if cmd.request_id != 0 && !matches!(&applied, Applied::Rejected(StoreError::Internal(_))) {
+            dedup::record(self.engine(), &mut batch, cmd.request_id, index, &applied);
+        }
+        (batch, events, applied)
+    }
+
+    fn apply_op(&mut self, op: Option<Op>) -> (WriteBatch, Vec<Event>, Applied) {
+        let Some(op) = op else {
             return (WriteBatch::default(), Vec::new(), Applied::Nothing);
         };
         match op {
@@ -124,7 +160,33 @@ impl StateMachine {
             Op::Compact(c) => self.apply_compact(c.revision),
             Op::LeaseGrant(g) => self.apply_lease_grant(g),
             Op::LeaseRevoke(r) => self.apply_lease_revoke(r),
+            Op::Publish(m) => self.apply_publish(m),
         }
+    }
+
+    /// Records a member's published name and client URLs, if it is a member.
+    fn apply_publish(&mut self, m: raftlog::MemberAttributes) -> (WriteBatch, Vec<Event>, Applied) {
+        let mut batch = WriteBatch::default();
+        if self.membership.membership().get_node(&m.id).is_some() {
+            batch.put_cf(self.engine().cf(cf::MEMBERS), m.id.to_be_bytes(), m.encode_to_vec());
+        }
+        (batch, Vec::new(), Applied::Nothing)
+    }
+
+    /// Forgets the published attributes of members no longer in `membership`.
+    fn prune_member_attributes(&self, batch: &mut WriteBatch) -> Result<(), EngineError> {
+        let members = self.engine().cf(cf::MEMBERS);
+        for item in self.engine().db().iterator_cf(members, rocksdb::IteratorMode::Start) {
+            let (k, _) = item?;
+            let id = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| EngineError::Corrupt {
+                what: "member attributes key",
+                detail: format!("{} bytes", k.len()),
+            })?);
+            if self.membership.membership().get_node(&id).is_none() {
+                batch.delete_cf(members, k);
+            }
+        }
+        Ok(())
     }
 
     fn apply_kv(&mut self, req: pb::TxnRequest, kind: KvKind) -> (WriteBatch, Vec<Event>, Applied) {
@@ -211,22 +273,29 @@ impl StateMachine {
     fn apply_entry(&mut self, entry: &super::types::Entry) -> Result<Applied, io::Error> {
         let (mut batch, events, applied) = match &entry.payload {
             EntryPayload::Blank => (WriteBatch::default(), Vec::new(), Applied::Nothing),
-            EntryPayload::Normal(cmd) => self.apply_command(&cmd.0),
+            EntryPayload::Normal(cmd) => self.apply_command(&cmd.0, entry.log_id.index),
             EntryPayload::Membership(m) => {
                 self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                 let mut b = WriteBatch::default();
                 let raw = codec::encode_stored_membership(&self.membership);
                 b.put_cf(self.engine().cf(cf::SM_META), META_MEMBERSHIP, raw);
+                self.prune_member_attributes(&mut b).map_err(io_err)?;
                 (b, Vec::new(), Applied::Nothing)
             }
         };
+        let index = entry.log_id.index;
+        if index.is_multiple_of(dedup::DEDUP_PRUNE_EVERY) && index > dedup::DEDUP_WINDOW_ENTRIES {
+            dedup::prune(self.engine(), &mut batch, index - dedup::DEDUP_WINDOW_ENTRIES).map_err(io_err)?;
+        }
         if let Applied::Rejected(StoreError::Internal(e)) = &applied {
             // Storage failed mid-apply: stop rather than diverge from peers.
             return Err(io_err(e));
         }
         self.last_applied = Some(entry.log_id);
         batch.put_cf(self.engine().cf(cf::SM_META), META_LAST_APPLIED, codec::encode_log_id(&entry.log_id));
+        let started = std::time::Instant::now();
         self.engine().db().write(batch).map_err(io_err)?;
+        self.shared.metrics.observe_backend_commit(started.elapsed());
         self.after_write(&events, &applied);
         Ok(applied)
     }
@@ -278,21 +347,58 @@ impl KvKind {
     }
 }
 
-/// Snapshot transfer arrives with the multi-member store; a one-member
-/// cluster never needs one.
-#[derive(Debug)]
-pub struct NoSnapshot;
+/// A snapshot of this state machine as openraft sees it.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+/// What a snapshot covers, as openraft sees it.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+
+fn to_meta(info: &SnapshotInfo) -> SnapshotMeta {
+    SnapshotMeta { last_log_id: info.last_log_id, last_membership: info.last_membership.clone() }
+}
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    type SnapshotData = NoSnapshot;
+    type SnapshotData = SnapshotFile;
 
-    async fn build_snapshot(&mut self) -> Result<openraft::alias::SnapshotOf<TypeConfig, NoSnapshot>, io::Error> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "snapshots are not supported yet"))
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let shared = self.shared.clone();
+        let built = tokio::task::spawn_blocking(move || shared.snapshots.build(&shared.engine))
+            .await
+            .map_err(io_err)?
+            .map_err(io::Error::from)?;
+        let (info, file) = built;
+        tracing::info!(last_log_id = ?info.last_log_id, revision = info.revision, bytes = file.size, "built snapshot");
+        Ok(Snapshot { meta: to_meta(&info), snapshot: file })
     }
 }
 
+/// `raft_meta` key naming a snapshot whose install has begun but not finished.
+pub(crate) const META_INSTALLING: &[u8] = b"installing_snapshot";
+
+/// Loads the snapshot at `path` into the state machine, recording the install
+/// in progress first so that a crash midway redoes it at the next start.
+pub(crate) fn load_snapshot(engine: &Engine, path: &std::path::Path) -> Result<SnapshotInfo, io::Error> {
+    let raft_meta = engine.cf(cf::RAFT_META);
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    let marker = path.to_string_lossy().into_owned();
+    engine.db().put_cf_opt(raft_meta, META_INSTALLING, marker.as_bytes(), &sync).map_err(io_err)?;
+    let info = snapshot::file::load(engine, path)?;
+    engine.db().delete_cf_opt(raft_meta, META_INSTALLING, &sync).map_err(io_err)?;
+    Ok(info)
+}
+
+/// Finishes a snapshot install a crash interrupted, before anything reads the store.
+pub fn recover_interrupted_install(engine: &Engine) -> Result<(), io::Error> {
+    let Some(raw) = engine.db().get_cf(engine.cf(cf::RAFT_META), META_INSTALLING).map_err(io_err)? else {
+        return Ok(());
+    };
+    let path = std::path::PathBuf::from(String::from_utf8_lossy(&raw).into_owned());
+    tracing::warn!(path = %path.display(), "redoing a snapshot install interrupted by a crash");
+    load_snapshot(engine, &path).map(|_| ())
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = NoSnapshot;
+    type SnapshotData = SnapshotFile;
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -314,7 +420,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
-        None
+        Some(self.get_snapshot_builder().await)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -326,17 +432,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn install_snapshot(
-        &mut self,
-        _meta: &openraft::alias::SnapshotMetaOf<TypeConfig>,
-        _snapshot: NoSnapshot,
-    ) -> Result<(), io::Error> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "snapshots are not supported yet"))
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: SnapshotFile) -> Result<(), io::Error> {
+        let shared = self.shared.clone();
+        let expected = meta.last_log_id;
+        let temp = data.path.clone();
+        drop(data);
+        let info = tokio::task::spawn_blocking(move || -> Result<SnapshotInfo, io::Error> {
+            let info = snapshot::file::verify(&temp)?;
+            if info.last_log_id != expected {
+                return Err(io_err(format!(
+                    "snapshot file covers {:?}, its metadata says {:?}",
+                    info.last_log_id, expected
+                )));
+            }
+            let (published, path) = shared.snapshots.publish(&temp, &info)?;
+            if published.last_log_id != info.last_log_id {
+                return Err(io_err("a newer snapshot than the one received is already installed"));
+            }
+            load_snapshot(&shared.engine, &path)
+        })
+        .await
+        .map_err(io_err)??;
+        self.rev = self.shared.reload().map_err(io_err)?;
+        self.last_applied = info.last_log_id;
+        self.membership = info.last_membership.clone();
+        tracing::info!(last_log_id = ?info.last_log_id, revision = info.revision, "installed snapshot");
+        Ok(())
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, NoSnapshot>>, io::Error> {
-        Ok(None)
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || -> Result<Option<Snapshot>, io::Error> {
+            let Some((info, path)) = shared.snapshots.current()? else {
+                return Ok(None);
+            };
+            Ok(Some(Snapshot { meta: to_meta(&info), snapshot: SnapshotFile::open(&path)? }))
+        })
+        .await
+        .map_err(io_err)?
     }
 }

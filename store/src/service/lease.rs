@@ -83,7 +83,13 @@ impl Lease for Ctx {
         let node = self.node.clone();
         tokio::spawn(async move {
             while let Ok(Some(ka)) = input.message().await {
-                let ttl = node.shared.lessor.keep_alive(ka.id).unwrap_or(0);
+                let ttl = match node.lease_keep_alive(ka.id).await {
+                    Ok(ttl) => ttl.unwrap_or(0),
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
                 let revision = node.shared.hub.current_revision();
                 let resp = pb::LeaseKeepAliveResponse { header: node.header(revision), id: ka.id, ttl };
                 if tx.send(Ok(resp)).await.is_err() {
@@ -102,7 +108,7 @@ impl Lease for Ctx {
         let r = req.into_inner();
         let view = self.node.read_view(false).await?;
         let header = self.node.header(view.current);
-        let Some((ttl, granted)) = self.node.shared.lessor.time_to_live(r.id) else {
+        let Some((ttl, granted)) = self.node.lease_time_to_live(r.id).await? else {
             return Ok(Response::new(pb::LeaseTimeToLiveResponse { header, id: r.id, ttl: -1, ..Default::default() }));
         };
         let keys = if r.keys {

@@ -10,12 +10,64 @@ use super::Ctx;
 use crate::error::StoreError;
 use crate::mvcc;
 use crate::proto::etcdserverpb::{self as pb, maintenance_server::Maintenance};
+use crate::snapshot;
 
 /// The etcd version geobuk reports: Kubernetes enables watch progress
 /// requests only for etcd ≥ 3.5.13, and geobuk implements 3.6's API.
 pub const ETCD_VERSION: &str = "3.6.0";
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+/// Backup chunks queued ahead of a slow client.
+const SNAPSHOT_STREAM_CHUNKS_BUFFERED_MAX: usize = 4;
+/// Bytes per backup chunk (etcd sends 32 KiB; larger chunks cost fewer messages).
+const SNAPSHOT_STREAM_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Sends the backup file in chunks, each with the bytes still to come, then
+/// zero padding to 512 bytes and the SHA-256 of all that, as etcd's bbolt
+/// backups end (etcdctl checks it).
+fn stream_backup(
+    mut file: std::fs::File,
+    size: u64,
+    header: Option<pb::ResponseHeader>,
+    tx: tokio::sync::mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+) {
+    use sha2::Digest;
+    use std::io::Read;
+    let digest_bytes = snapshot::file::BACKUP_DIGEST_BYTES as u64;
+    let padding = snapshot::file::backup_padding(size);
+    let mut remaining = size + padding + digest_bytes;
+    let mut header = header;
+    let mut sha = sha2::Sha256::default();
+    loop {
+        let blob = if remaining == digest_bytes {
+            sha.clone().finalize().to_vec()
+        } else if remaining == padding + digest_bytes {
+            let zeros = vec![0u8; padding as usize];
+            sha.update(&zeros);
+            zeros
+        } else {
+            let left = remaining - padding - digest_bytes;
+            let mut blob = vec![0u8; SNAPSHOT_STREAM_CHUNK_BYTES.min(left as usize)];
+            if let Err(e) = file.read_exact(&mut blob) {
+                let _ = tx.blocking_send(Err(Status::internal(format!("reading the backup: {e}"))));
+                return;
+            }
+            sha.update(&blob);
+            blob
+        };
+        remaining -= blob.len() as u64;
+        let msg = pb::SnapshotResponse {
+            header: header.take(),
+            remaining_bytes: remaining,
+            blob: blob.into(),
+            version: ETCD_VERSION.to_string(),
+        };
+        if tx.blocking_send(Ok(msg)).is_err() || remaining == 0 {
+            return;
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Maintenance for Ctx {
@@ -85,17 +137,29 @@ impl Maintenance for Ctx {
     type SnapshotStream = SnapshotStream;
 
     async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented("snapshot backup arrives with the multi-member store"))
+        let node = self.node.clone();
+        let (file, size) = tokio::task::spawn_blocking(move || -> Result<(std::fs::File, u64), StoreError> {
+            let dir = &node.shared.snapshots;
+            let path = dir.temp_path("backup");
+            let written = snapshot::file::write(&node.shared.engine, &path);
+            let opened = written.and_then(|(_, size)| Ok((std::fs::File::open(&path)?, size)));
+            // The open file stays readable after the unlink; nothing is left behind on disk.
+            let _ = std::fs::remove_file(&path);
+            opened.map_err(StoreError::internal)
+        })
+        .await
+        .map_err(StoreError::internal)??;
+        let header = self.node.header(self.node.shared.hub.current_revision());
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_STREAM_CHUNKS_BUFFERED_MAX);
+        tokio::task::spawn_blocking(move || stream_backup(file, size, header, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn move_leader(
         &self,
         req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        let target = req.into_inner().target_id;
-        if target != self.node.member_id {
-            return Err(StoreError::BadLeaderTransferee.into());
-        }
+        self.node.move_leader(req.into_inner().target_id).await?;
         let header = self.node.header(self.node.shared.hub.current_revision());
         Ok(Response::new(pb::MoveLeaderResponse { header }))
     }

@@ -206,6 +206,18 @@ impl Hub {
         }
     }
 
+    /// The store was replaced by an installed snapshot: every watcher catches
+    /// up from storage (or is canceled if the snapshot compacted its start).
+    pub fn reset(&self, current: i64, compacted: i64) {
+        let mut st = self.lock();
+        st.current = current;
+        st.compacted = compacted;
+        let synced: Vec<(u64, Watcher)> = st.synced.drain().collect();
+        st.unsynced.extend(synced);
+        drop(st);
+        self.wake_catchup.notify_one();
+    }
+
     /// Records a new compaction revision; lagging watchers get canceled by catch-up.
     pub fn on_compacted(&self, revision: i64) {
         self.lock().compacted = revision;

@@ -1,26 +1,35 @@
-//! A running member: opens storage, starts openraft and the background loops
-//! (watch catch-up, physical compaction, lease expiry), and offers the
-//! propose/read primitives the gRPC services are built on.
+//! A running member: opens storage, establishes its identity, starts openraft
+//! and the background loops (watch catch-up, physical compaction, lease
+//! expiry, publishing its attributes), and offers the propose/read
+//! primitives the gRPC services are built on (`forward` routes them to the
+//! leader when this member is not it).
 
 use openraft::async_runtime::WatchReceiver;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use tokio::sync::watch;
 
 use crate::config::StoreConfig;
-use crate::engine::{Engine, cf};
+use crate::engine::Engine;
 use crate::error::StoreError;
 use crate::limits::LEASE_REVOKES_PER_ROUND_MAX;
+use crate::limits::RAFT_PAYLOAD_ENTRIES_MAX;
 use crate::mvcc::{Compactor, ReadView};
+use crate::peer::PeerClients;
+use crate::peer::network::Network;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::raftlog::{self, command::Op};
 use crate::raft::log_store::LogStore;
-use crate::raft::network::NoPeers;
 use crate::raft::state_machine::{Shared, StateMachine};
-use crate::raft::types::{Applied, CommandBytes, MemberInfo, Raft};
+use crate::raft::types::Raft;
+use crate::snapshot::SnapshotDir;
+
+pub mod bootstrap;
+pub mod forward;
+pub mod membership;
+
+use bootstrap::{Bootstrap, Identity};
 
 /// How often the leader looks for expired leases (etcd: 500 ms).
 const LEASE_EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -45,6 +54,12 @@ pub enum StartError {
     /// Raft failed to start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The member's identity could not be established.
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    /// A snapshot could not be read or recovered.
+    #[error("snapshot: {0}")]
+    Snapshot(std::io::Error),
 }
 
 /// A running store member.
@@ -59,43 +74,17 @@ pub struct Node {
     pub member_id: u64,
     /// The cluster's id.
     pub cluster_id: u64,
+    /// Connections to the other members.
+    pub peers: Arc<PeerClients>,
+    request_ids: RequestIds,
+    /// Membership changes run one at a time.
+    membership_lock: tokio::sync::Mutex<()>,
+    /// The --initial-cluster-token this member's cluster was bootstrapped with.
+    token: String,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     shutdown: watch::Sender<bool>,
     compaction_done: watch::Sender<i64>,
-}
-
-/// 64-bit FNV-1a: a stable hash for member and cluster ids.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.iter().chain(std::iter::once(&0xFFu8)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
-/// Reads this member's ids, or derives and persists them on first start.
-fn member_ids(engine: &Engine, config: &StoreConfig) -> Result<(u64, u64), StartError> {
-    let meta = engine.cf(cf::RAFT_META);
-    let get = |k: &[u8]| -> Result<Option<u64>, StartError> {
-        Ok(engine.db().get_cf(meta, k)?.and_then(|v| v.as_slice().try_into().ok()).map(u64::from_be_bytes))
-    };
-    if let (Some(m), Some(c)) = (get(b"member_id")?, get(b"cluster_id")?) {
-        return Ok((m, c));
-    }
-    let urls = config.advertise_client_urls.join(",");
-    let member_id = fnv1a(&[config.name.as_bytes(), urls.as_bytes(), config.initial_cluster_token.as_bytes()]).max(1);
-    let cluster_id = fnv1a(&[&member_id.to_be_bytes(), config.initial_cluster_token.as_bytes()]).max(1);
-    let mut batch = rocksdb::WriteBatch::default();
-    batch.put_cf(meta, b"member_id", member_id.to_be_bytes());
-    batch.put_cf(meta, b"cluster_id", cluster_id.to_be_bytes());
-    let mut opts = rocksdb::WriteOptions::default();
-    opts.set_sync(true);
-    engine.db().write_opt(batch, &opts)?;
-    Ok((member_id, cluster_id))
 }
 
 impl Node {
@@ -104,31 +93,30 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let engine = Engine::open(&config.data_dir.join("db"))?;
-        let (member_id, cluster_id) = member_ids(&engine, &config)?;
-        let shared = Shared::open(engine.clone())?;
-        let sm = StateMachine::open(shared.clone()).map_err(|e| StartError::Raft(e.to_string()))?;
+        crate::raft::state_machine::recover_interrupted_install(&engine).map_err(StartError::Snapshot)?;
+        let (identity, boot) = bootstrap::resolve(&engine, &config).await?;
+        let Identity { member_id, cluster_id } = identity;
+        let token = bootstrap::stored_token(&engine)?.unwrap_or_else(|| config.initial_cluster_token.clone());
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let snapshots =
+            Arc::new(SnapshotDir::open(config.data_dir.join("snap")).map_err(|e| StartError::Snapshot(e.into()))?);
+        let shared = Shared::open(engine.clone(), snapshots, metrics.clone())?;
+        let sm = StateMachine::open(shared.clone()).map_err(|e| StartError::Raft(e.to_string()))?;
         let log_store = LogStore::open(engine.clone())?;
-        let raft_config = openraft::Config {
-            cluster_name: "geobuk".into(),
-            heartbeat_interval: config.heartbeat_interval_ms,
-            election_timeout_min: config.election_timeout_ms,
-            election_timeout_max: config.election_timeout_ms * 2,
-            install_snapshot_timeout: 4000,
-            snapshot_policy: openraft::SnapshotPolicy::Never,
-            ..Default::default()
-        };
-        let raft_config = Arc::new(raft_config.validate().map_err(|e| StartError::Raft(e.to_string()))?);
-        let raft = Raft::new(member_id, raft_config, NoPeers, log_store, sm)
+        let raft_config = raft_config(&config)?;
+        let peers = Arc::new(PeerClients::new(member_id, cluster_id, config.peer_dial_overrides.clone()));
+        let network = Network { clients: peers.clone(), metrics: metrics.clone() };
+        let raft = Raft::new(member_id, raft_config, network, log_store, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let me = MemberInfo {
-            name: config.name.clone(),
-            peer_urls: Vec::new(),
-            client_urls: config.advertise_client_urls.clone(),
-        };
-        if !raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
-            let members = BTreeMap::from([(member_id, me)]);
+        if let Bootstrap::New(members) = boot
+            && !raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?
+        {
+            tracing::info!(
+                member_id = format!("{member_id:x}"),
+                members = members.len(),
+                "bootstrapping a new cluster"
+            );
             raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
         }
         let node = Arc::new(Node {
@@ -138,6 +126,10 @@ impl Node {
             member_id,
             cluster_id,
             metrics,
+            peers,
+            request_ids: RequestIds::new(member_id),
+            membership_lock: tokio::sync::Mutex::new(()),
+            token,
             shutdown: watch::channel(false).0,
             compaction_done: watch::channel(0).0,
         });
@@ -150,6 +142,7 @@ impl Node {
         let target = self.shared.compaction_target.subscribe();
         tokio::spawn(run_compactor(self.shared.engine.clone(), target, self.compaction_done.clone()));
         tokio::spawn(run_lease_expiry(self.clone(), self.shutdown.subscribe()));
+        tokio::spawn(forward::run_publish(self.clone(), self.shutdown.subscribe()));
     }
 
     /// Stops background work and Raft.
@@ -157,6 +150,26 @@ impl Node {
         self.shutdown.send_replace(true);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// Whether this member currently leads.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().current_leader == Some(self.member_id)
+    }
+
+    /// Whether `token` is this cluster's token.
+    pub fn token_matches(&self, token: &str) -> bool {
+        token == self.token
+    }
+
+    /// This member's view of the cluster, for peers.
+    pub fn cluster_reply(&self) -> crate::proto::peerpb::GetClusterReply {
+        crate::proto::peerpb::GetClusterReply {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            leader_id: self.raft.metrics().borrow_watched().current_leader.unwrap_or(0),
+            members: self.members_pb(),
         }
     }
 
@@ -175,26 +188,6 @@ impl Node {
         })
     }
 
-    /// Replicates `op` and returns what applying it produced.
-    pub async fn propose(&self, op: Op) -> Result<Applied, StoreError> {
-        let cmd = raftlog::Command { request_id: 0, op: Some(op) };
-        if cmd.encoded_len() > self.config.max_request_bytes {
-            return Err(StoreError::RequestTooLarge);
-        }
-        let data = CommandBytes(cmd.encode_to_vec().into());
-        let write = self.raft.client_write(data);
-        match tokio::time::timeout(self.config.request_timeout(), write).await {
-            Err(_) => Err(StoreError::Timeout),
-            Ok(Err(e)) => {
-                Err(map_raft_error(&e.to_string(), self.raft.metrics().borrow_watched().current_leader.is_some()))
-            }
-            Ok(Ok(resp)) => match resp.data {
-                Applied::Rejected(e) => Err(e),
-                other => Ok(other),
-            },
-        }
-    }
-
     /// Waits until history up to `revision` is physically compacted.
     pub async fn wait_compacted(&self, revision: i64) -> Result<(), StoreError> {
         let mut done = self.compaction_done.subscribe();
@@ -209,27 +202,47 @@ impl Node {
     /// A read view; linearizable unless `serializable`.
     pub async fn read_view(&self, serializable: bool) -> Result<ReadView<'_>, StoreError> {
         if !serializable {
-            let ensure = self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex);
-            match tokio::time::timeout(self.config.request_timeout(), ensure).await {
-                Err(_) => return Err(StoreError::Timeout),
-                Ok(Err(e)) => {
-                    let has_leader = self.raft.metrics().borrow_watched().current_leader.is_some();
-                    return Err(map_raft_error(&e.to_string(), has_leader));
-                }
-                Ok(Ok(_)) => {}
-            }
+            self.linearize().await?;
         }
         ReadView::snapshot(&self.shared.engine).map_err(StoreError::from)
     }
 }
 
-fn map_raft_error(msg: &str, has_leader: bool) -> StoreError {
-    if msg.contains("forward") || msg.contains("Forward") {
-        if has_leader { StoreError::NotLeader } else { StoreError::NoLeader }
-    } else if msg.contains("Fatal") || msg.contains("shut") {
-        StoreError::Stopped
-    } else {
-        StoreError::Internal(msg.to_string())
+/// openraft's configuration from etcd's flags.
+fn raft_config(config: &StoreConfig) -> Result<Arc<openraft::Config>, StartError> {
+    let raft_config = openraft::Config {
+        cluster_name: "geobuk".into(),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        // etcd randomizes in [T, 2T); a narrower window keeps fail-over within 2T.
+        election_timeout_min: config.election_timeout_ms,
+        election_timeout_max: config.election_timeout_ms * 3 / 2,
+        install_snapshot_timeout: 4000.max(config.election_timeout_ms * 4),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count.max(1)),
+        max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
+        max_payload_entries: RAFT_PAYLOAD_ENTRIES_MAX,
+        ..Default::default()
+    };
+    Ok(Arc::new(raft_config.validate().map_err(|e| StartError::Raft(e.to_string()))?))
+}
+
+/// Unique ids for proposals, so a retried forward is applied at most once:
+/// a per-start random base (the member id and the boot time) plus a counter.
+struct RequestIds {
+    base: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    fn new(member_id: u64) -> Self {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let base = bootstrap::fnv1a(&[&member_id.to_be_bytes(), &now.to_be_bytes()]);
+        RequestIds { base, next: std::sync::atomic::AtomicU64::new(1) }
+    }
+
+    fn next(&self) -> u64 {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // An odd multiplier is a bijection: ids of one start never collide.
+        (self.base ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).max(1)
     }
 }
 
@@ -264,7 +277,7 @@ async fn run_lease_expiry(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let is_leader = node.raft.metrics().borrow_watched().current_leader == Some(node.member_id);
+        let is_leader = node.is_leader();
         if is_leader && !was_leader {
             node.shared.lessor.refresh_all();
         }

@@ -1,0 +1,177 @@
+//! The cluster's membership as etcd's Cluster API sees it: Raft's voters and
+//! learners with their peer URLs, plus the names and client URLs members
+//! publish once they run; and membership changes, executed by the leader
+//! one at a time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use prost::Message;
+
+use super::Node;
+use super::forward::{AttemptError, Target};
+use crate::engine::cf;
+use crate::error::StoreError;
+use crate::proto::etcdserverpb as epb;
+use crate::proto::peerpb::{self as pb, member_change::Change};
+use crate::proto::raftlog;
+use crate::raft::types::MemberInfo;
+
+/// etcd promotes a learner only once it has this share of the leader's log.
+const LEARNER_READY_PERCENT: u64 = 90;
+/// etcd allows one learner at a time (`maxLearners`).
+const LEARNERS_MAX: usize = 1;
+/// How long MoveLeader waits for the target to take over.
+const MOVE_LEADER_WAIT_ELECTIONS: u32 = 4;
+
+impl Node {
+    /// The attributes member `id` published, if any.
+    pub fn published_attributes(&self, id: u64) -> Option<raftlog::MemberAttributes> {
+        let engine = &self.shared.engine;
+        let raw = engine.db().get_cf(engine.cf(cf::MEMBERS), id.to_be_bytes()).ok()??;
+        raftlog::MemberAttributes::decode(raw.as_slice()).ok()
+    }
+
+    /// Every member in the current membership, as etcd's Member.
+    pub fn members_pb(&self) -> Vec<epb::Member> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, info)| {
+                let published = self.published_attributes(*id);
+                epb::Member {
+                    id: *id,
+                    name: published.as_ref().map_or_else(|| info.name.clone(), |p| p.name.clone()),
+                    peer_ur_ls: info.peer_urls.clone(),
+                    client_ur_ls: published.map(|p| p.client_urls).unwrap_or_default(),
+                    is_learner: !voters.contains(id),
+                }
+            })
+            .collect()
+    }
+
+    /// Applies a membership change through the leader; returns the new members.
+    pub async fn change_members(&self, change: Change) -> Result<Vec<epb::Member>, StoreError> {
+        self.with_leader(|target, limit| {
+            let change = change.clone();
+            async move {
+                match target {
+                    Target::Me => self.change_members_here(change).await.map_err(AttemptError::Final),
+                    Target::Peer(id, info) => {
+                        let mut client =
+                            self.peers.client(id, &info).map_err(|e| AttemptError::Retry(StoreError::internal(e)))?;
+                        let msg = pb::MemberChange { route: self.peers.route(id), change: Some(change) };
+                        let mut req = tonic::Request::new(msg);
+                        // Adding a voter waits for a quorum that includes it: allow the full request time.
+                        req.set_timeout(limit.max(self.config.request_timeout()));
+                        match client.change_members(req).await {
+                            Ok(r) => Ok(r.into_inner().members),
+                            Err(s) if s.message() == StoreError::NotLeader.to_string() => {
+                                Err(AttemptError::Retry(StoreError::NotLeader))
+                            }
+                            Err(s) => Err(AttemptError::Final(StoreError::from_message(s.message()))),
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Executes a membership change on this member, which must lead.
+    pub(crate) async fn change_members_here(&self, change: Change) -> Result<Vec<epb::Member>, StoreError> {
+        let _serial = self.membership_lock.lock().await;
+        if self.raft.metrics().borrow_watched().current_leader != Some(self.member_id) {
+            return Err(StoreError::NotLeader);
+        }
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let exists = |id: u64| membership.get_node(&id).is_some();
+        let result = match change {
+            Change::Add(add) => {
+                if exists(add.id) {
+                    return Err(StoreError::MemberExists);
+                }
+                let taken: BTreeSet<&String> = membership.nodes().flat_map(|(_, i)| i.peer_urls.iter()).collect();
+                if add.peer_urls.iter().any(|u| taken.contains(u)) {
+                    return Err(StoreError::PeerUrlExists);
+                }
+                let learners = membership.nodes().filter(|(id, _)| !voters.contains(id)).count();
+                if add.is_learner && learners >= LEARNERS_MAX {
+                    return Err(StoreError::TooManyLearners);
+                }
+                let info = MemberInfo { name: String::new(), peer_urls: add.peer_urls, client_urls: Vec::new() };
+                let added = self.raft.add_learner(add.id, info, false).await;
+                match added {
+                    Ok(_) if !add.is_learner => {
+                        self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([add.id])), false).await
+                    }
+                    other => other,
+                }
+            }
+            Change::Promote(id) => {
+                if !exists(id) {
+                    return Err(StoreError::MemberNotFound);
+                }
+                if voters.contains(&id) {
+                    return Err(StoreError::MemberNotLearner);
+                }
+                let leader_last = metrics.last_log_index.unwrap_or(0);
+                let matched =
+                    metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
+                if matched * 100 < leader_last * LEARNER_READY_PERCENT {
+                    return Err(StoreError::LearnerNotReady);
+                }
+                self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
+            }
+            Change::Remove(id) => {
+                if !exists(id) {
+                    return Err(StoreError::MemberNotFound);
+                }
+                let change = if voters.contains(&id) {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                self.raft.change_membership(change, false).await
+            }
+            Change::Update(update) => {
+                let Some(old) = membership.get_node(&update.id) else {
+                    return Err(StoreError::MemberNotFound);
+                };
+                let info = MemberInfo { peer_urls: update.peer_urls, ..old.clone() };
+                self.raft.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(update.id, info)])), false).await
+            }
+        };
+        match result {
+            Ok(_) => Ok(self.members_pb()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NotLeader),
+            Err(RaftError::APIError(e)) => Err(StoreError::internal(e)),
+            Err(RaftError::Fatal(_)) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// etcd's MoveLeader: this member, the leader, hands leadership to `target`.
+    pub async fn move_leader(&self, target: u64) -> Result<(), StoreError> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        if metrics.current_leader != Some(self.member_id) {
+            return Err(StoreError::NotLeader);
+        }
+        if target == self.member_id {
+            return Ok(());
+        }
+        if !metrics.membership_config.membership().voter_ids().any(|id| id == target) {
+            return Err(StoreError::BadLeaderTransferee);
+        }
+        self.raft.trigger().transfer_leader(target).await.map_err(|_| StoreError::Stopped)?;
+        let wait = Duration::from_millis(self.config.election_timeout_ms) * MOVE_LEADER_WAIT_ELECTIONS;
+        let moved = self.raft.wait(Some(wait)).current_leader(target, "move leader").await;
+        moved.map(|_| ()).map_err(|_| StoreError::LeaderTransferTimeout)
+    }
+}

@@ -1,0 +1,175 @@
+//! openraft's network: vote, append-entries, transfer-leader and streamed
+//! snapshots sent to a peer over the peer protocol.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, RaftNetworkV2};
+use tokio::io::AsyncReadExt;
+use tonic::Code;
+
+use super::{PeerClients, convert};
+use crate::metrics::Metrics;
+use crate::proto::peerpb as pb;
+use crate::raft::codec;
+use crate::raft::types::{MemberInfo, TypeConfig, Vote};
+use crate::snapshot::SnapshotFile;
+
+/// Bytes of snapshot file per streamed chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Creates a client per replication target.
+pub struct Network {
+    /// The shared connection pool.
+    pub clients: Arc<PeerClients>,
+    /// Metrics (snapshot sends).
+    pub metrics: Arc<Metrics>,
+}
+
+/// The client for one target member.
+pub struct PeerNetwork {
+    clients: Arc<PeerClients>,
+    metrics: Arc<Metrics>,
+    target: u64,
+    info: MemberInfo,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: u64, node: &MemberInfo) -> PeerNetwork {
+        PeerNetwork { clients: self.clients.clone(), metrics: self.metrics.clone(), target, info: node.clone() }
+    }
+}
+
+/// Maps a transport or peer error: a peer we cannot talk to is Unreachable
+/// (openraft backs off), anything else is a network error.
+fn rpc_error(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(status.to_string())))
+        }
+        _ => RPCError::Network(NetworkError::new(&std::io::Error::other(status.to_string()))),
+    }
+}
+
+fn net_error(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
+}
+
+impl PeerNetwork {
+    fn client(&self) -> Result<pb::peer_client::PeerClient<tonic::transport::Channel>, RPCError<TypeConfig>> {
+        self.clients
+            .client(self.target, &self.info)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string()))))
+    }
+
+    fn request<T>(&self, msg: T, option: &RPCOption) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(option.hard_ttl());
+        req
+    }
+
+    async fn send_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client().map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let header = pb::SnapshotHeader {
+            route: self.clients.route(self.target),
+            vote: Some(codec::vote_to_pb(&vote)),
+            last_log_id: snapshot.meta.last_log_id.as_ref().map(codec::log_id_to_pb),
+            last_membership: Some(codec::stored_membership_to_pb(&snapshot.meta.last_membership)),
+            size_bytes: snapshot.snapshot.size,
+        };
+        let file = tokio::fs::File::from_std(snapshot.snapshot.file);
+        let first = pb::SnapshotChunk { part: Some(pb::snapshot_chunk::Part::Header(header)) };
+        // Read errors end the stream early; the receiver then sees a short file and refuses it.
+        let chunks = futures::stream::unfold(Some(file), |file| async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+            match file.read(&mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    let chunk = pb::SnapshotChunk { part: Some(pb::snapshot_chunk::Part::Data(buf.into())) };
+                    Some((chunk, Some(file)))
+                }
+            }
+        });
+        let stream = futures::stream::iter([first]).chain(chunks);
+        let reply = client.install_snapshot(stream).await.map_err(|s| match rpc_error(s) {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Network(NetworkError::new(&other)),
+        })?;
+        let vote = reply.into_inner().vote.as_ref().map(codec::vote_from_pb).ok_or_else(|| {
+            StreamingError::Network(NetworkError::new(&std::io::Error::other("snapshot reply without a vote")))
+        })?;
+        Ok(SnapshotResponse { vote })
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let msg = convert::append_request_to_pb(self.clients.route(self.target), &rpc);
+        let req = self.request(msg, &option);
+        let reply = self.client()?.append_entries(req).await.map_err(rpc_error)?;
+        convert::append_reply_from_pb(&reply.into_inner()).map_err(net_error)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let msg = convert::vote_request_to_pb(self.clients.route(self.target), &rpc);
+        let req = self.request(msg, &option);
+        let reply = self.client()?.vote(req).await.map_err(rpc_error)?;
+        convert::vote_reply_from_pb(&reply.into_inner()).map_err(net_error)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let target = self.target;
+        let metrics = self.metrics.clone();
+        let result = tokio::select! {
+            r = self.send_snapshot(vote, snapshot) => r,
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        };
+        metrics.snapshot_sent(target, result.is_ok());
+        result
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let msg = pb::TransferLeaderRequest {
+            route: self.clients.route(self.target),
+            from_leader: Some(codec::vote_to_pb(req.from_leader())),
+            last_log_id: req.last_log_id().map(codec::log_id_to_pb),
+        };
+        let req = self.request(msg, &option);
+        let reply = self.client()?.transfer_leader(req).await.map_err(rpc_error)?.into_inner();
+        if reply.refused.is_empty() { Ok(Ok(())) } else { Err(net_error(reply.refused)) }
+    }
+}
