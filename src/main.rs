@@ -53,6 +53,9 @@ struct StoreArgs {
     /// Duration of periodic watch progress notifications (e.g. 500ms, 10m).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     experimental_watch_progress_notify_interval: std::time::Duration,
+    /// List of URLs to listen on for the metrics and health endpoints (comma-separated, http only).
+    #[arg(long, default_value = "")]
+    listen_metrics_urls: String,
 }
 
 fn parse_urls(urls: &str) -> Result<Vec<SocketAddr>> {
@@ -100,6 +103,13 @@ async fn run_store(args: StoreArgs) -> Result<()> {
         heartbeat_interval_ms: args.heartbeat_interval,
         election_timeout_ms: args.election_timeout,
         watch_progress_notify_interval: args.experimental_watch_progress_notify_interval,
+        listen_metrics_urls: args
+            .listen_metrics_urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect(),
     };
     store::server::run(config, listeners, shutdown_signal()).await?;
     Ok(())

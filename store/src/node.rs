@@ -108,7 +108,7 @@ impl Node {
         let shared = Shared::open(engine.clone())?;
         let sm = StateMachine::open(shared.clone()).map_err(|e| StartError::Raft(e.to_string()))?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let log_store = LogStore::open(engine.clone())?;
+        let log_store = LogStore::open(engine.clone(), metrics.clone())?;
         let raft_config = openraft::Config {
             cluster_name: "geobuk".into(),
             heartbeat_interval: config.heartbeat_interval_ms,
