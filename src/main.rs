@@ -127,6 +127,9 @@ struct StoreArgs {
     /// Duration of periodic watch progress notifications (e.g. 500ms, 10m).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     experimental_watch_progress_notify_interval: std::time::Duration,
+    /// List of URLs to listen on for the metrics and health endpoints (comma-separated, http only).
+    #[arg(long, default_value = "")]
+    listen_metrics_urls: String,
 }
 
 fn parse_urls(urls: &str) -> Result<Vec<SocketAddr>> {
@@ -194,6 +197,7 @@ fn store_config(args: StoreArgs) -> Result<StoreConfig> {
         heartbeat_interval_ms: args.heartbeat_interval,
         election_timeout_ms: args.election_timeout,
         watch_progress_notify_interval: args.experimental_watch_progress_notify_interval,
+        listen_metrics_urls: url_list(&args.listen_metrics_urls),
     })
 }
 

@@ -43,6 +43,9 @@ pub struct StoreConfig {
     pub election_timeout_ms: u64,
     /// `--experimental-watch-progress-notify-interval`.
     pub watch_progress_notify_interval: Duration,
+    /// `--listen-metrics-urls`: extra `http://host:port` listeners serving only
+    /// the HTTP endpoints (`/metrics`, `/health`, ...); none by default.
+    pub listen_metrics_urls: Vec<String>,
 }
 
 impl Default for StoreConfig {
@@ -64,6 +67,7 @@ impl Default for StoreConfig {
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
             watch_progress_notify_interval: Duration::from_secs(600),
+            listen_metrics_urls: Vec::new(),
         }
     }
 }

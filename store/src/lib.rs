@@ -8,6 +8,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod http;
 pub mod lease;
 pub mod limits;
 pub mod metrics;

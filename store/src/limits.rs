@@ -47,3 +47,12 @@ pub const RAFT_PAYLOAD_ENTRIES_MAX: u64 = 64;
 pub const FORWARD_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Pause before retrying a forward when the leader is unknown or just changed.
 pub const FORWARD_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long one HTTP request (`/metrics`, `/health`, `/readyz`, ...) may take
+/// before it is answered 503: every check inside is bounded more tightly, so
+/// this only catches the unforeseen. Connections idle in their headers are
+/// closed by hyper's own 30 s header timeout.
+pub const HTTP_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a health check's read may take. etcd allows its full request
+/// timeout (7 s by default); a probe wants a quicker answer, and a healthy
+/// member's linearizable read takes one heartbeat round trip.
+pub const HEALTH_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);

@@ -1,13 +1,23 @@
 //! Serving: binds the etcd gRPC services (and gRPC health) on the client
-//! listeners and runs until the shutdown future resolves.
+//! listeners, with the operator's HTTP endpoints (`/metrics`, `/health`, ...)
+//! on the same port as etcd does, plus HTTP-only listeners for
+//! `--listen-metrics-urls`; runs until the shutdown future resolves.
+//!
+//! One port, two protocols: tonic's server (hyper's auto connection builder,
+//! with `accept_http1`) tells an HTTP/2 connection preface from HTTP/1.1, so
+//! gRPC clients (h2c) and curl (HTTP/1.1) share the listener; one axum router
+//! holds the gRPC services and the HTTP routes, whose fallback answers 404 to
+//! HTTP and Unimplemented to unknown gRPC methods.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::StoreConfig;
+use crate::http::GrpcMetricsLayer;
 use crate::limits::{GRPC_OVERHEAD_BYTES, PEER_MESSAGE_BYTES_MAX};
 use crate::node::{Node, StartError};
 use crate::peer::server::PeerService;
@@ -24,6 +34,9 @@ pub enum ServeError {
     /// The member did not start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// A `--listen-metrics-urls` listener could not be set up.
+    #[error(transparent)]
+    Listen(#[from] crate::http::ListenError),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -76,47 +89,95 @@ pub async fn serve_peers(
     Ok(())
 }
 
+/// Aborts a background task when dropped, whichever way `serve` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Feeds every leader change Raft reports into the metrics
+/// (etcd_server_leader_changes_seen_total). Ends when Raft stops.
+fn watch_leader(node: &Node) -> AbortOnDrop {
+    let mut rx = node.raft.metrics();
+    let metrics = node.metrics.clone();
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let leader = rx.borrow_watched().current_leader;
+            metrics.observe_leader(leader);
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
 /// Serves an already started member.
 pub async fn serve(
     node: Arc<Node>,
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let metrics_listeners = crate::http::bind(&node.config.listen_metrics_urls).await?;
+    node.metrics.set_member_id(node.member_id);
+    let _leader_watch = watch_leader(&node);
     let ctx = Ctx { node: node.clone() };
     let limit = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let unary_limit = crate::limits::GRPC_MESSAGE_BYTES_HARD_MAX.max(limit);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let metrics_addrs: Vec<_> = metrics_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new));
-    tracing::info!(?addrs, member_id = format!("{:x}", node.member_id), "serving client requests");
+    tracing::info!(?addrs, ?metrics_addrs, member_id = format!("{:x}", node.member_id), "serving client requests");
+
     // Long-lived streams (watch, keep-alive) would hold a graceful shutdown
     // open forever: give requests in flight a bounded grace period.
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let shutdown = async move {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    };
+    let stopping = async move {
         shutdown.await;
         stop_tx.send_replace(true);
-    };
-    let grace = async move {
-        let _ = stop_rx.wait_for(|stopped| *stopped).await;
         tokio::time::sleep(crate::limits::SHUTDOWN_GRACE).await;
     };
-    let server = tonic::transport::Server::builder()
+
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(
+        KvServer::new(ctx.clone()).max_decoding_message_size(unary_limit).max_encoding_message_size(usize::MAX),
+    )
+    .add_service(WatchServer::new(ctx.clone()).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX))
+    .add_service(LeaseServer::new(ctx.clone()).max_decoding_message_size(limit))
+    .add_service(ClusterServer::new(ctx.clone()).max_decoding_message_size(limit))
+    .add_service(MaintenanceServer::new(ctx).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX))
+    .add_service(health);
+    // tonic's own fallback answers every unknown path with gRPC Unimplemented;
+    // the HTTP router's answers plain HTTP with 404 instead.
+    let routes = grpc.routes().into_axum_router().reset_fallback().merge(crate::http::router(node.clone()));
+    let client = tonic::transport::Server::builder()
+        .accept_http1(true)
         .concurrency_limit_per_connection(crate::limits::CONCURRENT_REQUESTS_MAX)
-        .add_service(
-            KvServer::new(ctx.clone()).max_decoding_message_size(unary_limit).max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            WatchServer::new(ctx.clone()).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX),
-        )
-        .add_service(LeaseServer::new(ctx.clone()).max_decoding_message_size(limit))
-        .add_service(ClusterServer::new(ctx.clone()).max_decoding_message_size(limit))
-        .add_service(MaintenanceServer::new(ctx).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX))
-        .add_service(health)
-        .serve_with_incoming_shutdown(incoming, shutdown);
+        .layer(GrpcMetricsLayer::new(node.metrics.clone()))
+        .add_routes(routes.into())
+        .serve_with_incoming_shutdown(incoming, stopped());
+
+    let metrics_servers = metrics_listeners.into_iter().map(|listener| {
+        tonic::transport::Server::builder()
+            .accept_http1(true)
+            .concurrency_limit_per_connection(crate::limits::CONCURRENT_REQUESTS_MAX)
+            .add_routes(crate::http::router(node.clone()).into())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped())
+    });
+    let servers = futures::future::try_join(client, futures::future::try_join_all(metrics_servers));
     tokio::select! {
-        res = server => res?,
-        _ = grace => tracing::info!("closing connections still open after the shutdown grace period"),
+        res = servers => { res?; }
+        _ = stopping => tracing::info!("closing connections still open after the shutdown grace period"),
     }
     Ok(())
 }

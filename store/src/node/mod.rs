@@ -102,7 +102,7 @@ impl Node {
             Arc::new(SnapshotDir::open(config.data_dir.join("snap")).map_err(|e| StartError::Snapshot(e.into()))?);
         let shared = Shared::open(engine.clone(), snapshots, metrics.clone())?;
         let sm = StateMachine::open(shared.clone()).map_err(|e| StartError::Raft(e.to_string()))?;
-        let log_store = LogStore::open(engine.clone())?;
+        let log_store = LogStore::open(engine.clone(), metrics.clone())?;
         let raft_config = raft_config(&config)?;
         let peers = Arc::new(PeerClients::new(member_id, cluster_id, config.peer_dial_overrides.clone()));
         let network = Network { clients: peers.clone(), metrics: metrics.clone() };

@@ -10,7 +10,9 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -19,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::engine::{Engine, EngineError, cf};
+use crate::metrics::Metrics;
 use crate::raft::codec::{self, CodecError};
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 
@@ -213,6 +216,8 @@ struct FsyncWorker {
     /// Set after a failed fsync. The kernel may have dropped the dirty pages, so a
     /// later "successful" fsync proves nothing (fsyncgate): fail everything after.
     poisoned: Option<String>,
+    /// Where each fsync's duration goes (etcd_disk_wal_fsync_duration_seconds).
+    metrics: Arc<Metrics>,
     #[cfg(test)]
     probe: std::sync::Arc<test_probe::FsyncProbe>,
 }
@@ -262,14 +267,22 @@ impl FsyncWorker {
         }
     }
 
+    /// One WAL fsync, timed as etcd times its WAL's (failures included).
+    fn timed_sync(&self) -> Result<(), EngineError> {
+        let start = Instant::now();
+        let result = self.engine.sync_wal();
+        self.metrics.observe_wal_fsync(start.elapsed());
+        result
+    }
+
     fn sync(&mut self) -> Result<(), String> {
         if let Some(e) = &self.poisoned {
             return Err(e.clone());
         }
         #[cfg(test)]
-        let result = self.probe.before_sync().and_then(|()| self.engine.sync_wal());
+        let result = self.probe.before_sync().and_then(|()| self.timed_sync());
         #[cfg(not(test))]
-        let result = self.engine.sync_wal();
+        let result = self.timed_sync();
         #[cfg(test)]
         self.probe.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         result.map_err(|e| {
@@ -295,8 +308,8 @@ pub struct LogStore {
 
 impl LogStore {
     /// Opens the log on `engine`, validating the persisted metadata and log bounds,
-    /// and starts the fsync thread.
-    pub fn open(engine: Engine) -> Result<LogStore, EngineError> {
+    /// and starts the fsync thread, which reports each fsync's duration to `metrics`.
+    pub fn open(engine: Engine, metrics: Arc<Metrics>) -> Result<LogStore, EngineError> {
         let reader = LogReader { engine: engine.clone() };
         let (vote, last_purged, committed) = (reader.vote()?, reader.last_purged()?, reader.committed()?);
         let first = reader.edge_log_id(IteratorMode::Start)?;
@@ -310,6 +323,7 @@ impl LogStore {
             engine,
             rx,
             poisoned: None,
+            metrics,
             #[cfg(test)]
             probe: probe.clone(),
         };
@@ -494,7 +508,7 @@ impl LogStore {
     pub(crate) fn open_for_test() -> (tempfile::TempDir, LogStore) {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = Engine::open(dir.path()).expect("open engine");
-        (dir, LogStore::open(engine).expect("open log store"))
+        (dir, LogStore::open(engine, Arc::new(Metrics::new())).expect("open log store"))
     }
 
     /// The fsync thread's probe (shared, so a test can hold it across `&mut self` calls).
@@ -590,14 +604,14 @@ mod tests {
     async fn state_survives_reopen() {
         let dir = tempfile::tempdir().expect("temp dir");
         {
-            let mut store = LogStore::open(Engine::open(dir.path()).expect("engine")).expect("store");
+            let mut store = LogStore::open(Engine::open(dir.path()).expect("engine"), Arc::default()).expect("store");
             append_durably(&mut store, (1..=10).map(|i| normal(2, i)).collect()).await;
             store.save_vote(&vote(2, 1, true)).await.expect("vote");
             store.purge(log_id(2, 1, 3)).await.expect("purge");
             store.save_committed(Some(log_id(2, 1, 8))).await.expect("committed");
         } // dropping the store joins the fsync thread and closes the database
 
-        let mut store = LogStore::open(Engine::open(dir.path()).expect("engine")).expect("reopen");
+        let mut store = LogStore::open(Engine::open(dir.path()).expect("engine"), Arc::default()).expect("reopen");
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 1, 3)));
         assert_eq!(state.last_log_id, Some(log_id(2, 1, 10)));
@@ -761,10 +775,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fsyncs_are_timed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let metrics = Arc::new(Metrics::new());
+        let mut store = LogStore::open(Engine::open(dir.path()).expect("engine"), metrics.clone()).expect("store");
+        append_durably(&mut store, vec![blank(1, 1)]).await;
+        let text = metrics.render(&crate::metrics::Scrape::default()).expect("render");
+        let count = text.lines().find_map(|l| l.strip_prefix("etcd_disk_wal_fsync_duration_seconds_count "));
+        assert!(count.and_then(|c| c.parse::<u64>().ok()).is_some_and(|c| c >= 1), "{text}");
+    }
+
+    #[tokio::test]
     async fn open_rejects_corrupt_metadata() {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = Engine::open(dir.path()).expect("engine");
         engine.db().put_cf(engine.cf(cf::RAFT_META), META_LAST_PURGED, [0xff]).expect("put");
-        assert!(matches!(LogStore::open(engine), Err(EngineError::Corrupt { .. })));
+        assert!(matches!(LogStore::open(engine, Arc::default()), Err(EngineError::Corrupt { .. })));
     }
 }
