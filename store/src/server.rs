@@ -55,7 +55,17 @@ pub async fn run(
     let peers = tokio::spawn(serve_peers(node.clone(), peer_listeners, async {
         let _ = peer_stopped.await;
     }));
-    let result = serve(node.clone(), client_listeners, shutdown).await;
+    let removed = {
+        let node = node.clone();
+        async move { node.removed().await }
+    };
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = removed => {}
+        }
+    };
+    let result = serve(node.clone(), client_listeners, stop).await;
     node.stop().await;
     let _ = peer_stop.send(());
     match peers.await {

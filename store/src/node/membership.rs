@@ -157,6 +157,28 @@ impl Node {
         }
     }
 
+    /// Resolves once this member has been removed from the cluster (it was a
+    /// member, and an applied membership no longer lists it); etcd then stops.
+    pub async fn removed(&self) {
+        let mut metrics = self.raft.metrics();
+        let mut was_member = false;
+        loop {
+            let listed = {
+                let m = metrics.borrow_watched();
+                m.membership_config.membership().get_node(&self.member_id).is_some()
+            };
+            if listed {
+                was_member = true;
+            } else if was_member {
+                tracing::warn!(member_id = format!("{:x}", self.member_id), "the member has been permanently removed from the cluster");
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// etcd's MoveLeader: this member, the leader, hands leadership to `target`.
     pub async fn move_leader(&self, target: u64) -> Result<(), StoreError> {
         let metrics = self.raft.metrics().borrow_watched().clone();

@@ -220,6 +220,9 @@ fn raft_config(config: &StoreConfig) -> Result<Arc<openraft::Config>, StartError
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count.max(1)),
         max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
         max_payload_entries: RAFT_PAYLOAD_ENTRIES_MAX,
+        // etcd 3.5+ default: a member back from a pause or partition does not
+        // depose a healthy leader by campaigning with a higher term.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     Ok(Arc::new(raft_config.validate().map_err(|e| StartError::Raft(e.to_string()))?))

@@ -141,6 +141,17 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         convert::vote_reply_from_pb(&reply.into_inner()).map_err(net_error)
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let msg = convert::vote_request_to_pb(self.clients.route(self.target), &rpc);
+        let req = self.request(msg, &option);
+        let reply = self.client()?.pre_vote(req).await.map_err(rpc_error)?;
+        convert::vote_reply_from_pb(&reply.into_inner()).map_err(net_error)
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,

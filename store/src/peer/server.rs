@@ -76,6 +76,14 @@ impl Peer for PeerService {
         Ok(Response::new(convert::vote_reply_to_pb(&reply)))
     }
 
+    async fn pre_vote(&self, req: Request<pb::VoteRequest>) -> Result<Response<pb::VoteReply>, Status> {
+        let req = req.into_inner();
+        self.check_route(req.route.as_ref())?;
+        let vote = convert::vote_request_from_pb(&req).map_err(bad_input)?;
+        let reply = self.raft().pre_vote(vote).await.map_err(raft_failed)?;
+        Ok(Response::new(convert::vote_reply_to_pb(&reply)))
+    }
+
     async fn append_entries(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendReply>, Status> {
         let req = req.into_inner();
         self.check_route(req.route.as_ref())?;
