@@ -11,6 +11,9 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset of the helpers.
 
+pub mod cluster;
+pub mod proxy;
+
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -194,23 +197,25 @@ impl TestServer {
 
     fn command(&self, log: &File) -> Result<Command> {
         let url = self.client_url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd;
         if is_etcd() {
-            let peer = format!("http://127.0.0.1:{}", self.peer_port);
             cmd = Command::new("/usr/bin/etcd");
-            cmd.args(["--name", "default", "--data-dir"])
-                .arg(self.data_dir())
-                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &format!("default={peer}")])
-                .args(["--logger", "zap", "--log-outputs", "stderr"]);
-            cmd.args(etcd_args(&self.extra_args)?);
+            cmd.args(["--logger", "zap", "--log-outputs", "stderr"]);
         } else {
             cmd = Command::new(env!("CARGO_BIN_EXE_geobuk"));
-            cmd.args(["store", "--name", "default", "--data-dir"])
-                .arg(self.data_dir())
-                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-                .args(&self.extra_args);
+            cmd.arg("store");
+        }
+        // Both targets bind a peer listener (default :2380), so each server gets its own port.
+        cmd.args(["--name", "default", "--data-dir"])
+            .arg(self.data_dir())
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")]);
+        if is_etcd() {
+            cmd.args(etcd_args(&self.extra_args)?);
+        } else {
+            cmd.args(&self.extra_args);
         }
         writeln!(&*log, "=== harness: starting {cmd:?}")?;
         cmd.stdin(Stdio::null()).stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log.try_clone()?));

@@ -1,0 +1,129 @@
+//! Bootstrap rules: a member refuses to start when its flags contradict its data or the running
+//! cluster (unknown name, another cluster token, a wiped member bootstrapping anew, a member
+//! joining with the wrong token), and a restarted member rejoins with the same flags.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use common::cluster::{ClusterOpts, EXIT_TIMEOUT, TestCluster, hex_id, serial};
+use common::{is_etcd, skip_on_etcd};
+use etcd_client::GetOptions;
+
+/// The member log with JSON string escapes undone (etcd logs as JSON: `\"name\"`).
+fn readable_log(cluster: &TestCluster, i: usize) -> String {
+    cluster.log(i).replace("\\\"", "\"")
+}
+
+/// Member `i` was just started and must exit with a failure whose log contains every `needle`.
+async fn expect_refusal(cluster: &mut TestCluster, i: usize, needles: &[&str]) -> Result<()> {
+    let status = cluster.wait_exit(i, EXIT_TIMEOUT).await.context("the member must refuse to start")?;
+    ensure!(!status.success(), "member exited successfully: {status}");
+    let log = readable_log(cluster, i);
+    let last_run = log.rsplit("=== harness: starting").next().unwrap_or_default();
+    for needle in needles {
+        ensure!(last_run.contains(needle), "the refusal does not say {needle:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_name_is_refused() -> Result<()> {
+    let _serial = serial().await;
+    let mut cluster = TestCluster::empty(ClusterOpts::default())?;
+    let i = cluster.new_member("stranger")?;
+    cluster.member_mut(i).initial_cluster = "m0=http://127.0.0.1:1,m1=http://127.0.0.1:2".into();
+    cluster.spawn(i)?;
+    expect_refusal(&mut cluster, i, &[r#"couldn't find local name "stranger" in the initial cluster configuration"#])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_another_token_is_refused() -> Result<()> {
+    if skip_on_etcd("etcd ignores --initial-cluster-token on a data directory that is already bootstrapped") {
+        return Ok(());
+    }
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(1, ClusterOpts::default()).await?;
+    cluster.client(0).await?.put("k", "v", None).await?;
+    cluster.terminate(0).await?;
+
+    cluster.member_mut(0).token = "another-token".into();
+    cluster.spawn(0)?;
+    expect_refusal(&mut cluster, 0, &["--initial-cluster-token", "does not match"]).await?;
+
+    // The refusal changed nothing: with the original token the member starts with its data.
+    cluster.member_mut(0).token = cluster.opts().token.clone();
+    cluster.restart(0).await?;
+    let got = cluster.client(0).await?.get("k", None).await?;
+    assert_eq!(common::values(got.kvs()), ["v"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_member_bootstrapping_anew_is_refused() -> Result<()> {
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, ClusterOpts::default()).await?;
+    let leader = cluster.leader().await?;
+    let wiped = cluster.live_except(leader)[0];
+    let wiped_id = cluster.member_id(wiped);
+    cluster.kill9(wiped)?;
+    cluster.wipe(wiped)?;
+
+    // Same flags as before, including --initial-cluster-state new, on an empty data directory.
+    cluster.spawn(wiped)?;
+    let exact = format!("member {} has already been bootstrapped", hex_id(wiped_id));
+    let needles: Vec<&str> = if is_etcd() { vec![&exact] } else { vec!["has already been bootstrapped"] };
+    expect_refusal(&mut cluster, wiped, &needles).await?;
+
+    // The rest of the cluster is unaffected.
+    let live = cluster.live();
+    assert_eq!(live.len(), 2);
+    cluster.client_for(&live).await?.put("still", "writable", None).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_with_a_wrong_token_is_refused() -> Result<()> {
+    if skip_on_etcd(
+        "etcd 3.4 matches a joining member by peer URL and adopts the running cluster's id, ignoring the token",
+    ) {
+        return Ok(());
+    }
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, ClusterOpts::default()).await?;
+    // A learner, so that the refused member does not count against the quorum.
+    let (joiner, _) = cluster.member_add("m3", true).await?;
+    cluster.member_mut(joiner).token = "wrong-token".into();
+    cluster.spawn(joiner)?;
+    expect_refusal(&mut cluster, joiner, &["cluster ID mismatch"]).await?;
+
+    let mut client = cluster.client_for(&[0, 1, 2]).await?;
+    client.put("still", "writable", None).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_rejoins() -> Result<()> {
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, ClusterOpts::default()).await?;
+    let leader = cluster.leader().await?;
+    let member = cluster.live_except(leader)[0];
+    cluster.terminate(member).await?;
+
+    let live = cluster.live();
+    let mut client = cluster.client_for(&live).await?;
+    let written = client.put("rejoin/key", "written-while-down", None).await?;
+
+    cluster.restart(member).await?;
+    let mut own = cluster.client(member).await?;
+    let got = common::within_for(Duration::from_secs(10), "a linearizable read", own.get("rejoin/key", None)).await??;
+    let kv = got.kvs().first().context("rejoin/key missing on the restarted member")?;
+    assert_eq!(kv.value(), b"written-while-down");
+    assert_eq!(kv.mod_revision(), common::rev(written.header()));
+    let local = own.get("rejoin/key", Some(GetOptions::new().with_serializable())).await?;
+    assert_eq!(local.count(), 1, "applied locally too");
+    cluster.leader().await?;
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! Network faults and membership changes on three-member clusters: an isolated leader commits
+//! nothing, membership changes under load lose no acknowledged write, and a forwarded write whose
+//! answer was lost is applied once.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use common::cluster::{
+    ClusterOpts, TestCluster, UNHEALTHY, Writers, check_acked, check_acked_with, connect_with, serial,
+};
+use common::proxy::Dir;
+use common::{grpc_status, rev, skip_on_etcd, within_for};
+
+const NOT_IN_SYNC: &str = "can only promote a learner member which is in sync with leader";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_leader_commits_nothing() -> Result<()> {
+    if skip_on_etcd("needs --experimental-peer-dial-overrides to proxy the peer links") {
+        return Ok(());
+    }
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, ClusterOpts { proxied: true, ..ClusterOpts::default() }).await?;
+    let old = cluster.leader().await?;
+    let old_id = cluster.member_id(old);
+    let majority = cluster.live_except(old);
+    let mut old_client = connect_with(&[cluster.endpoint(old)], Duration::from_secs(5)).await?;
+    old_client.put("p/before", "ok", None).await?;
+
+    cluster.isolate(old)?;
+    let started = Instant::now();
+    let lost = within_for(Duration::from_secs(10), "a put to the isolated leader", old_client.put("p/lost", "x", None))
+        .await?;
+    ensure!(lost.is_err(), "the isolated leader acknowledged a put: {lost:?}");
+    eprintln!("put to the isolated leader failed after {:?}: {:?}", started.elapsed(), lost.err());
+
+    let new = cluster.leader_among(&majority).await?;
+    assert_ne!(new, old);
+    let mut majority_client = cluster.client_for(&majority).await?;
+    let written = majority_client.put("p/majority", "yes", None).await?;
+
+    cluster.heal_all();
+    let agreed = cluster.leader().await?;
+    assert_ne!(cluster.member_id(agreed), old_id, "the old leader stepped down");
+    cluster.converge(&[0, 1, 2]).await?;
+    for i in 0..3 {
+        let mut client = cluster.client(i).await?;
+        let serializable = Some(etcd_client::GetOptions::new().with_serializable());
+        let lost = client.get("p/lost", serializable.clone()).await?;
+        assert_eq!(lost.count(), 0, "member {i} has the write made to the isolated leader");
+        let kept = client.get("p/majority", serializable).await?;
+        assert_eq!(kept.kvs().first().map(|kv| kv.mod_revision()), Some(rev(written.header())), "member {i}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_changes_under_load() -> Result<()> {
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, ClusterOpts::default()).await?;
+    let leader = cluster.leader().await?;
+    let followers = cluster.live_except(leader);
+    let (keep, removed) = (followers[0], followers[1]);
+    let removed_id = cluster.member_id(removed);
+
+    let mut clients = Vec::new();
+    for w in 0..4 {
+        clients.push(cluster.client(if w % 2 == 0 { leader } else { keep }).await?);
+    }
+    let writers = Writers::start("members/", clients);
+    writers.wait_acked(100, Duration::from_secs(30)).await?;
+
+    // A learner joins and catches up.
+    let learner = cluster.add_member("m3", true).await?;
+    let learner_id = cluster.member_id(learner);
+    assert!(cluster.status(learner).await?.is_learner(), "joined as a learner");
+    let target = common::rev(cluster.status(leader).await?.header());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let at = common::rev(cluster.status(learner).await?.header());
+        if at >= target {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "learner at revision {at}, leader was at {target}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Promote (the leader refuses until the learner's log is close enough to its own).
+    let mut admin = cluster.client_for(&[leader, keep]).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut refusals = 0;
+    loop {
+        match admin.member_promote(learner_id).await {
+            Ok(_) => break,
+            Err(e) => {
+                let (code, message) = grpc_status(&e).with_context(|| format!("promote: {e:?}"))?;
+                ensure!(message.contains(NOT_IN_SYNC), "promote failed with {code} {message:?}");
+                refusals += 1;
+                ensure!(Instant::now() < deadline, "learner never in sync: {code} {message:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    eprintln!("promoted after {refusals} 'not in sync' refusals");
+    writers.wait_more(100, Duration::from_secs(30)).await?;
+
+    // An original follower leaves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.member_remove(removed_id).await {
+            Ok(_) => break,
+            // etcd's strict reconfig check: not enough peers connected for 5 s yet.
+            Err(e) if grpc_status(&e).is_some_and(|(_, m)| m == UNHEALTHY) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e).context("MemberRemove"),
+        }
+    }
+    match cluster.wait_exit(removed, Duration::from_secs(10)).await {
+        Ok(status) => eprintln!("the removed member exited by itself: {status}"),
+        Err(_) => {
+            eprintln!("the removed member still ran 10 s after its removal; killing it");
+            cluster.kill9(removed)?;
+        }
+    }
+    writers.wait_more(200, Duration::from_secs(30)).await?;
+    let acked = writers.stop().await?;
+    eprintln!("{} puts acknowledged", acked.len());
+
+    let final_set = [leader, keep, learner];
+    cluster.converge(&final_set).await?;
+    let mut client = cluster.client_for(&final_set).await?;
+    check_acked(&mut client, "members/", &acked).await?;
+    for &i in &final_set {
+        let mut c = cluster.client(i).await?;
+        check_acked_with(&mut c, "members/", &acked, true).await.with_context(|| format!("member {i}"))?;
+    }
+    let list = client.member_list().await?;
+    let got: BTreeSet<(u64, String, bool)> =
+        list.members().iter().map(|m| (m.id(), m.name().to_string(), m.is_learner())).collect();
+    let expected: BTreeSet<(u64, String, bool)> =
+        final_set.iter().map(|&i| (cluster.member_id(i), cluster.member(i).name.clone(), false)).collect();
+    assert_eq!(got, expected);
+    let agreed = cluster.leader_among(&final_set).await?;
+    ensure!(final_set.contains(&agreed), "the leader is one of the new set");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retried_forward_applies_once() -> Result<()> {
+    if skip_on_etcd("needs --experimental-peer-dial-overrides to proxy the peer links") {
+        return Ok(());
+    }
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, ClusterOpts { proxied: true, ..ClusterOpts::default() }).await?;
+    let leader = cluster.leader().await?;
+    let follower = cluster.live_except(leader)[0];
+    let mut client = connect_with(&[cluster.endpoint(follower)], Duration::from_secs(30)).await?;
+    client.put("fwd/warm-up", "x", None).await?;
+
+    // The leader's answers to the follower's forwarded requests are lost for 3 s.
+    let link = cluster.link(follower, leader)?;
+    link.blackhole(Dir::ToClient);
+    let put = tokio::spawn(async move { client.put("fwd/once", "v", None).await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let dropped = link.dropped_bytes();
+    link.pass(Dir::ToClient);
+
+    let resp = within_for(Duration::from_secs(40), "the forwarded put", put).await???;
+    ensure!(dropped > 0, "nothing was forwarded over the follower->leader link while its answers were dropped");
+    let put_rev = rev(resp.header());
+    let mut all = cluster.client_all().await?;
+    let got = all.get("fwd/once", None).await?;
+    let kv = got.kvs().first().context("fwd/once missing")?;
+    assert_eq!(
+        (kv.version(), kv.create_revision(), kv.mod_revision()),
+        (1, put_rev, put_rev),
+        "applied exactly once at the acknowledged revision"
+    );
+    cluster.converge(&[0, 1, 2]).await?;
+    Ok(())
+}
+
+/// The link proxy itself (no store involved): bytes pass, are dropped per direction on an open
+/// connection, a connection that lost bytes is closed when healed, and reset closes everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_blackholes_heals_and_resets() -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    // An echo server that counts the bytes it received.
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let target = listener.local_addr()?;
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 || conn.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(n, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let proxy = common::proxy::Proxy::start(target).await?;
+    let quiet = Duration::from_millis(300);
+
+    async fn echo(conn: &mut TcpStream, msg: &[u8]) -> Result<Vec<u8>> {
+        conn.write_all(msg).await?;
+        let mut buf = vec![0u8; msg.len()];
+        within_for(Duration::from_secs(5), "an echo", conn.read_exact(&mut buf)).await??;
+        Ok(buf)
+    }
+    async fn closed(conn: &mut TcpStream) -> Result<bool> {
+        let mut buf = [0u8; 16];
+        Ok(matches!(within_for(Duration::from_secs(5), "close", conn.read(&mut buf)).await?, Ok(0) | Err(_)))
+    }
+
+    let mut conn = TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+    assert_eq!(echo(&mut conn, b"hello").await?, b"hello");
+
+    // Client -> server bytes dropped: the server never sees them.
+    proxy.blackhole(Dir::ToServer);
+    let before = received.load(Ordering::SeqCst);
+    conn.write_all(b"lost").await?;
+    let mut buf = [0u8; 16];
+    ensure!(tokio::time::timeout(quiet, conn.read(&mut buf)).await.is_err(), "bytes passed a blackhole");
+    assert_eq!(received.load(Ordering::SeqCst), before, "the server got blackholed bytes");
+    proxy.pass(Dir::ToServer);
+    assert!(closed(&mut conn).await?, "a connection that lost bytes is closed on heal");
+    assert!(proxy.dropped_bytes() >= 4);
+
+    // Server -> client bytes dropped: the server gets the request, the answer is lost.
+    let mut conn = TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+    assert_eq!(echo(&mut conn, b"again").await?, b"again");
+    proxy.blackhole(Dir::ToClient);
+    let before = received.load(Ordering::SeqCst);
+    conn.write_all(b"answer-lost").await?;
+    ensure!(tokio::time::timeout(quiet, conn.read(&mut buf)).await.is_err(), "the answer passed a blackhole");
+    assert_eq!(received.load(Ordering::SeqCst), before + 11, "the request reached the server");
+    proxy.pass(Dir::ToClient);
+    assert!(closed(&mut conn).await?, "closed on heal");
+
+    // Reset closes open connections; new ones work.
+    let mut conn = TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+    assert_eq!(echo(&mut conn, b"third").await?, b"third");
+    proxy.reset();
+    assert!(closed(&mut conn).await?, "reset closes the connection");
+    let mut conn = TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+    assert_eq!(echo(&mut conn, b"fresh").await?, b"fresh");
+    assert!(proxy.accepted() >= 4);
+    server.abort();
+    Ok(())
+}
