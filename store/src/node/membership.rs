@@ -170,7 +170,10 @@ impl Node {
             if listed {
                 was_member = true;
             } else if was_member {
-                tracing::warn!(member_id = format!("{:x}", self.member_id), "the member has been permanently removed from the cluster");
+                tracing::warn!(
+                    member_id = format!("{:x}", self.member_id),
+                    "the member has been permanently removed from the cluster"
+                );
                 return;
             }
             if metrics.changed().await.is_err() {

@@ -213,9 +213,15 @@ fn raft_config(config: &StoreConfig) -> Result<Arc<openraft::Config>, StartError
     let raft_config = openraft::Config {
         cluster_name: "geobuk".into(),
         heartbeat_interval: config.heartbeat_interval_ms,
-        // etcd randomizes in [T, 2T); a narrower window keeps fail-over within 2T.
-        election_timeout_min: config.election_timeout_ms,
-        election_timeout_max: config.election_timeout_ms * 3 / 2,
+        // openraft's voters refuse a candidate until `election_timeout_max`
+        // after their leader's last heartbeat (its leader lease), and a
+        // follower's timer fires within [min, max]: the first campaign after a
+        // leader dies is refused, the second succeeds. With [T/2, 3T/4] a new
+        // leader is elected between T and 1.5 T after the last heartbeat —
+        // never before T (etcd's guarantee: no election within T) and within
+        // etcd's own [T, 2T) window.
+        election_timeout_min: (config.election_timeout_ms / 2).max(1),
+        election_timeout_max: (config.election_timeout_ms * 3 / 4).max(2),
         install_snapshot_timeout: 4000.max(config.election_timeout_ms * 4),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count.max(1)),
         max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
