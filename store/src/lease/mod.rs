@@ -18,6 +18,8 @@ struct Timer {
 #[derive(Debug, Default)]
 pub struct Lessor {
     leases: Mutex<HashMap<i64, Timer>>,
+    /// The Raft term in which this member last took over the clocks as leader.
+    promoted_term: std::sync::atomic::AtomicU64,
 }
 
 fn deadline(now: Instant, ttl_secs: i64) -> Instant {
@@ -48,6 +50,15 @@ impl Lessor {
         map.clear();
         for (id, ttl) in leases {
             map.insert(*id, Timer { ttl_secs: *ttl, expiry: deadline(now, *ttl) });
+        }
+    }
+
+    /// Called by the leader of `term` before it uses the clocks: the first
+    /// call in a term restarts every lease at its full TTL (etcd's Promote).
+    pub fn promote(&self, term: u64) {
+        use std::sync::atomic::Ordering;
+        if self.promoted_term.swap(term, Ordering::AcqRel) != term {
+            self.refresh_all();
         }
     }
 
@@ -110,6 +121,14 @@ mod tests {
         assert!(l.time_to_live(2).unwrap().0 > 98);
         l.on_revoke(1);
         assert_eq!(l.ids(), vec![2]);
+        // Promotion restarts the clocks once per term.
+        l.on_grant(3, 100);
+        l.lock().get_mut(&3).unwrap().expiry = now;
+        l.promote(7);
+        assert!(l.time_to_live(3).unwrap().0 > 98, "refreshed on the first promotion of term 7");
+        l.lock().get_mut(&3).unwrap().expiry = now;
+        l.promote(7);
+        assert_eq!(l.time_to_live(3).unwrap().0, 0, "not refreshed again within term 7");
         assert_eq!(l.expired(now + Duration::from_secs(1000), 10), vec![2]);
     }
 }

@@ -221,6 +221,7 @@ impl Node {
     /// Answers a lease call from this member's lessor (the leader's).
     pub(crate) fn lease_here(&self, id: i64, keep_alive: bool) -> pb::LeaseReply {
         let lessor = &self.shared.lessor;
+        lessor.promote(self.raft_term());
         if keep_alive {
             let ttl = lessor.keep_alive(id);
             pb::LeaseReply { found: ttl.is_some(), ttl: ttl.unwrap_or(0), granted_ttl: ttl.unwrap_or(0) }

@@ -194,9 +194,18 @@ impl Node {
         if !metrics.membership_config.membership().voter_ids().any(|id| id == target) {
             return Err(StoreError::BadLeaderTransferee);
         }
-        self.raft.trigger().transfer_leader(target).await.map_err(|_| StoreError::Stopped)?;
-        let wait = Duration::from_millis(self.config.election_timeout_ms) * MOVE_LEADER_WAIT_ELECTIONS;
-        let moved = self.raft.wait(Some(wait)).current_leader(target, "move leader").await;
-        moved.map(|_| ()).map_err(|_| StoreError::LeaderTransferTimeout)
+        // The target may refuse a transfer while its log is not yet flushed up
+        // to ours; ask again once per election timeout, as long as we lead.
+        let round = Duration::from_millis(self.config.election_timeout_ms);
+        for _ in 0..MOVE_LEADER_WAIT_ELECTIONS {
+            if !self.is_leader() && self.raft.metrics().borrow_watched().current_leader != Some(target) {
+                break;
+            }
+            self.raft.trigger().transfer_leader(target).await.map_err(|_| StoreError::Stopped)?;
+            if self.raft.wait(Some(round)).current_leader(target, "move leader").await.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(StoreError::LeaderTransferTimeout)
     }
 }

@@ -279,21 +279,16 @@ async fn run_compactor(engine: Engine, mut target: watch::Receiver<i64>, done: w
 /// The leader's expiry loop: proposes a revoke for each expired lease, and
 /// restarts every lease's clock when this member becomes leader.
 async fn run_lease_expiry(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let mut was_leader = false;
     let mut tick = tokio::time::interval(LEASE_EXPIRY_CHECK_INTERVAL);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let is_leader = node.is_leader();
-        if is_leader && !was_leader {
-            node.shared.lessor.refresh_all();
-        }
-        was_leader = is_leader;
-        if !is_leader {
+        if !node.is_leader() {
             continue;
         }
+        node.shared.lessor.promote(node.raft_term());
         for id in node.shared.lessor.expired(Instant::now(), LEASE_REVOKES_PER_ROUND_MAX) {
             let op = Op::LeaseRevoke(raftlog::LeaseRevoke { ids: vec![id], expired: true });
             if let Err(e) = node.propose(op).await {
