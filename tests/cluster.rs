@@ -1,6 +1,6 @@
 //! Three-member clusters: leader failover, a follower catching up from the log and from a
 //! snapshot, whole-cluster restart, every API through a follower, leases across a leader change,
-//! Status and MoveLeader.
+//! Status, MoveLeader and MemberUpdate.
 
 mod common;
 
@@ -416,5 +416,25 @@ async fn status_and_move_leader() -> Result<()> {
     if cluster.leader().await? != target {
         bail!("leadership moved away again");
     }
+
+    // MemberUpdate: give a member a second peer URL (its first stays the one it listens on).
+    let other_id = cluster.member_id(other);
+    let listed = client.member_list().await?;
+    let member = listed.members().iter().find(|m| m.id() == other_id).context("member in the list")?;
+    let mut urls = member.peer_urls().to_vec();
+    urls.push("http://127.0.0.1:1".to_string());
+    let updated = client.member_update(other_id, urls.clone()).await?;
+    let shown = updated.members().iter().find(|m| m.id() == other_id).context("updated member listed")?;
+    assert_eq!(shown.peer_urls(), urls.as_slice(), "MemberUpdate answers the new peer URLs");
+    for i in 0..3 {
+        let mut c = cluster.client(i).await?;
+        let list = c.member_list().await?;
+        let m = list.members().iter().find(|m| m.id() == other_id).context("member listed")?;
+        assert_eq!(m.peer_urls(), urls.as_slice(), "member {i} lists the updated peer URLs");
+    }
+    let unknown = client.member_update(0x1234, urls).await;
+    expect_grpc_error(unknown, "NotFound", "etcdserver: member not found")?;
+    let acked: Acked = put_many(&client, "updated/", 10, 2).await?;
+    check_acked(&mut client, "updated/", &acked).await?;
     Ok(())
 }

@@ -178,6 +178,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             route: self.clients.route(self.target),
             from_leader: Some(codec::vote_to_pb(req.from_leader())),
             last_log_id: req.last_log_id().map(codec::log_id_to_pb),
+            to_node_id: *req.to_node_id(),
         };
         let req = self.request(msg, &option);
         let reply = self.client()?.transfer_leader(req).await.map_err(rpc_error)?.into_inner();

@@ -116,7 +116,7 @@ impl Peer for PeerService {
         self.check_route(req.route.as_ref())?;
         let from = req.from_leader.as_ref().map(codec::vote_from_pb).ok_or_else(|| bad_input("missing vote"))?;
         let last = req.last_log_id.as_ref().map(codec::log_id_from_pb);
-        let request = openraft::raft::TransferLeaderRequest::new(from, self.node.member_id, last);
+        let request = openraft::raft::TransferLeaderRequest::new(from, req.to_node_id, last);
         let refused = match self.raft().handle_transfer_leader(request).await.map_err(raft_failed)? {
             Ok(()) => String::new(),
             Err(e) => e.to_string(),
