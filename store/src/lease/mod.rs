@@ -129,6 +129,7 @@ mod tests {
         l.lock().get_mut(&3).unwrap().expiry = now;
         l.promote(7);
         assert_eq!(l.time_to_live(3).unwrap().0, 0, "not refreshed again within term 7");
+        l.on_revoke(3);
         assert_eq!(l.expired(now + Duration::from_secs(1000), 10), vec![2]);
     }
 }
