@@ -140,14 +140,7 @@ impl Member {
 
     fn command(&self, opts: &ClusterOpts) -> Command {
         let (client, peer) = (self.client_url(), self.peer_url());
-        let mut cmd;
-        if is_etcd() {
-            cmd = Command::new("/usr/bin/etcd");
-            cmd.args(["--logger", "zap", "--log-outputs", "stderr"]);
-        } else {
-            cmd = Command::new(env!("CARGO_BIN_EXE_geobuk"));
-            cmd.arg("store");
-        }
+        let mut cmd = super::member_command();
         cmd.args(["--name", &self.name, "--data-dir"])
             .arg(self.data_dir())
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])

@@ -198,14 +198,7 @@ impl TestServer {
     fn command(&self, log: &File) -> Result<Command> {
         let url = self.client_url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut cmd;
-        if is_etcd() {
-            cmd = Command::new("/usr/bin/etcd");
-            cmd.args(["--logger", "zap", "--log-outputs", "stderr"]);
-        } else {
-            cmd = Command::new(env!("CARGO_BIN_EXE_geobuk"));
-            cmd.arg("store");
-        }
+        let mut cmd = member_command();
         // Both targets bind a peer listener (default :2380), so each server gets its own port.
         cmd.args(["--name", "default", "--data-dir"])
             .arg(self.data_dir())
@@ -286,6 +279,20 @@ fn etcd_args(extra: &[String]) -> Result<Vec<String>> {
         out.push((ms / 10).max(1).to_string());
     }
     Ok(out)
+}
+
+/// The command that runs one member of the target under test: `geobuk store`, or etcd with its
+/// log on stderr.
+pub fn member_command() -> Command {
+    if is_etcd() {
+        let mut cmd = Command::new("/usr/bin/etcd");
+        cmd.args(["--logger", "zap", "--log-outputs", "stderr"]);
+        cmd
+    } else {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_geobuk"));
+        cmd.arg("store");
+        cmd
+    }
 }
 
 fn free_port() -> Result<u16> {

@@ -58,7 +58,9 @@ fn status_error(s: tonic::Status) -> AttemptError {
 impl Node {
     /// The leader this member knows of.
     pub fn leader(&self) -> Option<Target> {
-        let m = self.raft.metrics().borrow_watched().clone();
+        // Called per request: borrow the metrics, copy only the leader's entry.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         let leader = m.current_leader?;
         if leader == self.member_id {
             return Some(Target::Me);

@@ -76,6 +76,20 @@ impl PeerNetwork {
         req
     }
 
+    /// A vote or pre-vote request: the same message, two RPCs.
+    async fn send_vote(
+        &self,
+        rpc: &VoteRequest<TypeConfig>,
+        option: &RPCOption,
+        pre: bool,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let msg = convert::vote_request_to_pb(self.clients.route(self.target), rpc);
+        let req = self.request(msg, option);
+        let mut client = self.client()?;
+        let reply = if pre { client.pre_vote(req).await } else { client.vote(req).await };
+        convert::vote_reply_from_pb(&reply.map_err(rpc_error)?.into_inner()).map_err(net_error)
+    }
+
     async fn send_snapshot(
         &mut self,
         vote: Vote,
@@ -135,10 +149,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let msg = convert::vote_request_to_pb(self.clients.route(self.target), &rpc);
-        let req = self.request(msg, &option);
-        let reply = self.client()?.vote(req).await.map_err(rpc_error)?;
-        convert::vote_reply_from_pb(&reply.into_inner()).map_err(net_error)
+        self.send_vote(&rpc, &option, false).await
     }
 
     async fn pre_vote(
@@ -146,10 +157,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let msg = convert::vote_request_to_pb(self.clients.route(self.target), &rpc);
-        let req = self.request(msg, &option);
-        let reply = self.client()?.pre_vote(req).await.map_err(rpc_error)?;
-        convert::vote_reply_from_pb(&reply.into_inner()).map_err(net_error)
+        self.send_vote(&rpc, &option, true).await
     }
 
     async fn full_snapshot(

@@ -53,6 +53,13 @@ impl PeerService {
         Ok(route.from)
     }
 
+    async fn handle_vote(&self, req: pb::VoteRequest, pre: bool) -> Result<Response<pb::VoteReply>, Status> {
+        self.check_route(req.route.as_ref())?;
+        let vote = convert::vote_request_from_pb(&req).map_err(bad_input)?;
+        let reply = if pre { self.raft().pre_vote(vote).await } else { self.raft().vote(vote).await };
+        Ok(Response::new(convert::vote_reply_to_pb(&reply.map_err(raft_failed)?)))
+    }
+
     fn leader_only(&self) -> Result<(), Status> {
         if self.node.is_leader() { Ok(()) } else { Err(StoreError::NotLeader.into()) }
     }
@@ -69,19 +76,11 @@ fn raft_failed(e: impl std::fmt::Display) -> Status {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn vote(&self, req: Request<pb::VoteRequest>) -> Result<Response<pb::VoteReply>, Status> {
-        let req = req.into_inner();
-        self.check_route(req.route.as_ref())?;
-        let vote = convert::vote_request_from_pb(&req).map_err(bad_input)?;
-        let reply = self.raft().vote(vote).await.map_err(raft_failed)?;
-        Ok(Response::new(convert::vote_reply_to_pb(&reply)))
+        self.handle_vote(req.into_inner(), false).await
     }
 
     async fn pre_vote(&self, req: Request<pb::VoteRequest>) -> Result<Response<pb::VoteReply>, Status> {
-        let req = req.into_inner();
-        self.check_route(req.route.as_ref())?;
-        let vote = convert::vote_request_from_pb(&req).map_err(bad_input)?;
-        let reply = self.raft().pre_vote(vote).await.map_err(raft_failed)?;
-        Ok(Response::new(convert::vote_reply_to_pb(&reply)))
+        self.handle_vote(req.into_inner(), true).await
     }
 
     async fn append_entries(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendReply>, Status> {
