@@ -12,7 +12,7 @@
 #![allow(dead_code)] // Each test binary uses a different subset of the helpers.
 
 pub mod cluster;
-pub mod proxy;
+pub use jepsen::proxy;
 
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};

@@ -1,0 +1,8 @@
+//! Global revision checks: unique write revisions, real-time monotonic header revisions.
+use super::CheckResult;
+use crate::history::Op;
+
+pub fn check(history: &[Op]) -> CheckResult {
+    let _ = history;
+    todo!()
+}
