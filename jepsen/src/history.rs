@@ -258,6 +258,23 @@ impl Recorder {
     }
 }
 
+/// One fault window (a line of `faults.jsonl`): a nemesis action from `start` until `end`
+/// (`None` while active; instantaneous faults have `end == start`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaultWindow {
+    /// `kill`, `pause`, `partition`, `member`, `clock`.
+    pub fault: String,
+    /// The variant and its parameters, e.g. `isolate-leader`, `bridge n2`, `offset -7200s`.
+    pub detail: String,
+    /// Member names the fault acted on.
+    pub targets: Vec<String>,
+    pub start: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<u64>,
+    /// `installed`, `skipped` or `indeterminate` (openraft's jepsen classification).
+    pub outcome: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
