@@ -121,7 +121,8 @@ struct StoreArgs {
     /// Number of entries for a slow follower to catch up after compacting the Raft log.
     #[arg(long, default_value_t = 5000)]
     experimental_snapshot_catchup_entries: u64,
-    /// name=URL pairs: dial this URL instead of that member's advertised peer URL (for proxies).
+    /// name=URL (or peer-URL=URL) pairs: dial this URL instead of that member's advertised peer URL
+    /// (for fault-injecting proxies).
     #[arg(long, default_value = "")]
     experimental_peer_dial_overrides: String,
     /// Duration of periodic watch progress notifications (e.g. 500ms, 10m).

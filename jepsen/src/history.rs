@@ -287,8 +287,7 @@ mod tests {
         let mut nemesis = Op::invoke(0, "start-kill", None, json!(["n1"]), 140);
         nemesis.process = Process::Nemesis;
         nemesis.kind = OpType::Info;
-        let text: String =
-            [&a, &b, &nemesis].iter().map(|op| serde_json::to_string(op).unwrap() + "\n").collect();
+        let text: String = [&a, &b, &nemesis].iter().map(|op| serde_json::to_string(op).unwrap() + "\n").collect();
         assert!(text.contains(r#""process":"nemesis""#), "{text}");
         assert!(text.contains(r#""type":"ok""#), "{text}");
         let parsed = parse_jsonl(&text).unwrap();

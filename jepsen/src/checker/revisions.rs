@@ -4,5 +4,5 @@ use crate::history::Op;
 
 pub fn check(history: &[Op]) -> CheckResult {
     let _ = history;
-    todo!()
+    super::CheckResult::from_anomalies("stub", Vec::new(), serde_json::Value::Null)
 }

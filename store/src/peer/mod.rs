@@ -51,7 +51,7 @@ pub enum DialError {
 }
 
 impl PeerClients {
-    /// A pool for `member_id` of `cluster_id`; `overrides` maps member names to
+    /// A pool for `member_id` of `cluster_id`; `overrides` maps member names (or peer URLs) to
     /// the URL to dial instead of their advertised peer URL.
     pub fn new(member_id: u64, cluster_id: u64, overrides: BTreeMap<String, String>) -> Self {
         PeerClients { member_id, cluster_id, overrides, channels: Mutex::new(HashMap::new()) }
@@ -70,6 +70,12 @@ impl PeerClients {
         info.peer_urls.first().cloned().ok_or(DialError::NoUrl(id))
     }
 
+    /// The override for a peer URL, or the URL itself. Overrides keyed by URL also cover a member
+    /// that was just added and has not published its name yet.
+    fn dial_url<'a>(&'a self, url: &'a str) -> &'a str {
+        self.overrides.get(url).map_or(url, String::as_str)
+    }
+
     /// A client for member `id`.
     pub fn client(&self, id: u64, info: &MemberInfo) -> Result<PeerClient<Channel>, DialError> {
         let url = self.url_of(id, info)?;
@@ -78,6 +84,7 @@ impl PeerClients {
 
     /// A client for a peer URL (used before member ids are known).
     pub fn client_for_url(&self, url: &str) -> Result<PeerClient<Channel>, DialError> {
+        let url = self.dial_url(url);
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let channel = match channels.get(url) {
             Some(c) => c.clone(),
