@@ -22,10 +22,25 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between readiness probes.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Which store the members run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Db {
+    /// `geobuk store`, with every directed peer link through a proxy.
+    Geobuk,
+    /// Debian's etcd (`/usr/bin/etcd`), same flags; it cannot dial through proxies, so partitions
+    /// are not available.
+    Etcd,
+}
+
+/// Where Debian's etcd-server package installs etcd.
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+
 /// How the members are started.
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
-    /// The `geobuk` binary.
+    pub db: Db,
+    /// The `geobuk` binary (or etcd's).
     pub bin: PathBuf,
     pub nodes: usize,
     /// Member data dirs and logs go under this directory.
@@ -173,7 +188,14 @@ impl Cluster {
         ensure!(!member.is_running(), "member {} already running", member.name);
         let log = OpenOptions::new().create(true).append(true).open(member.log_path()).context("open member log")?;
         let mut cmd = Command::new(&spec.bin);
-        cmd.arg("store");
+        match spec.db {
+            Db::Geobuk => {
+                cmd.arg("store").arg("--experimental-peer-dial-overrides").arg(&member.dial_overrides);
+            }
+            Db::Etcd => {
+                cmd.args(["--logger", "zap", "--log-outputs", "stderr"]);
+            }
+        }
         let url = |port: u16| format!("http://127.0.0.1:{port}");
         for (flag, value) in [
             ("--name", member.name.clone()),
@@ -189,7 +211,6 @@ impl Cluster {
             ("--election-timeout", spec.election_ms.to_string()),
             ("--snapshot-count", spec.snapshot_count.to_string()),
             ("--experimental-watch-progress-notify-interval", spec.progress_notify.clone()),
-            ("--experimental-peer-dial-overrides", member.dial_overrides.clone()),
         ] {
             cmd.arg(flag).arg(value);
         }
@@ -227,6 +248,11 @@ impl Cluster {
         signal(pid, if pause { libc::SIGSTOP } else { libc::SIGCONT })?;
         member.paused = pause;
         Ok(())
+    }
+
+    /// Whether partitions can be made (the members dial each other through the proxies).
+    pub fn can_partition(&self) -> bool {
+        self.spec.db == Db::Geobuk
     }
 
     /// Blackholes (cut = true) or heals both directions of the directed link `from` → `to`.

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::checker::{CheckResult, Validity};
-use crate::cluster::{Cluster, ClusterSpec, FAKETIME_LIB};
+use crate::cluster::{Cluster, ClusterSpec, Db, ETCD_BIN, FAKETIME_LIB};
 use crate::history::{FaultWindow, Op, Recorder};
 use crate::nemesis::{self, FaultKind, Nemesis, Schedule};
 use crate::results::{self, Artifacts};
@@ -54,6 +54,9 @@ pub struct TestOpts {
     /// Client request timeout in milliseconds; a write that times out is indeterminate.
     #[arg(long, default_value_t = 1000)]
     pub request_timeout_ms: u64,
+    /// The store the harness starts: geobuk, or Debian's etcd for comparison (no partitions).
+    #[arg(long, value_enum, default_value = "geobuk")]
+    pub db: Db,
     /// The geobuk binary (default: built with cargo next to this binary).
     #[arg(long)]
     pub geobuk_bin: Option<PathBuf>,
@@ -87,6 +90,7 @@ impl TestOpts {
             endpoints: Vec::new(),
             read_mode: ReadMode::Linearizable,
             request_timeout_ms: 1000,
+            db: Db::Geobuk,
             geobuk_bin: None,
             election_timeout_ms: 1000,
             heartbeat_interval_ms: 100,
@@ -117,7 +121,7 @@ impl TestOpts {
             cmd += &format!(" --nemesis {}", kinds.join(","));
         }
         if self.endpoints.is_empty() {
-            cmd += &format!(" --nodes {}", self.nodes);
+            cmd += &format!(" --nodes {} --db {}", self.nodes, name_of(self.db));
         } else {
             cmd += &format!(" --endpoints {}", self.endpoints.join(","));
         }
@@ -152,7 +156,10 @@ pub async fn run(opts: TestOpts) -> Result<RunOutcome> {
         std::fs::remove_dir_all(&out).with_context(|| format!("clear {}", out.display()))?;
     }
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
-    let kinds = FaultKind::expand(&opts.nemesis);
+    let mut kinds = FaultKind::expand(&opts.nemesis);
+    if opts.db == Db::Etcd {
+        kinds.retain(|k| *k != FaultKind::Partition);
+    }
     let faketime = Path::new(FAKETIME_LIB).exists();
     let cluster = if opts.endpoints.is_empty() { Some(start_cluster(&opts, &out, faketime).await?) } else { None };
     let endpoints = match &cluster {
@@ -214,13 +221,15 @@ pub async fn run(opts: TestOpts) -> Result<RunOutcome> {
 /// Starts the cluster, retrying with fresh ports when a member lost a port race.
 async fn start_cluster(opts: &TestOpts, out: &Path, faketime: bool) -> Result<Arc<Mutex<Cluster>>> {
     ensure!(opts.nodes >= 1, "--nodes must be at least 1");
-    let bin = match &opts.geobuk_bin {
-        Some(b) => b.clone(),
-        None => build_geobuk()?,
+    let bin = match (&opts.geobuk_bin, opts.db) {
+        (_, Db::Etcd) => PathBuf::from(ETCD_BIN),
+        (Some(b), Db::Geobuk) => b.clone(),
+        (None, Db::Geobuk) => build_geobuk()?,
     };
     let mut last = anyhow::anyhow!("no attempt");
     for attempt in 0..3 {
         let spec = ClusterSpec {
+            db: opts.db,
             bin: bin.clone(),
             nodes: opts.nodes,
             dir: out.join("members").join(format!("attempt-{attempt}")),
