@@ -3,4 +3,5 @@
 pub mod checker;
 pub mod history;
 pub mod proxy;
+pub mod report;
 pub mod watchlog;
