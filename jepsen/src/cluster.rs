@@ -16,7 +16,7 @@ use crate::client;
 use crate::proxy::{Dir, Proxy};
 
 /// Where Debian's `libfaketime` package puts the preload library.
-pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 /// How long a fresh cluster may take to elect a leader and answer on every member.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between readiness probes.

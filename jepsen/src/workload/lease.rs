@@ -129,7 +129,7 @@ async fn put(mut client: Client, invoke: Op) -> StepResult {
     let lease = invoke.value["lease"].as_i64().unwrap_or_default();
     let value = invoke.value["value"].as_i64().unwrap_or_default();
     let options = PutOptions::new().with_lease(lease);
-    let resp = client.put(key, format!("{lease}:{value}"), Some(options)).await.map_err(step_error)?;
+    let resp = client.put(key, value.to_string(), Some(options)).await.map_err(step_error)?;
     let rev = resp.header().map_or(0, |h| h.revision());
     Ok(invoke.complete(OpType::Ok, 0).with_rev(rev).with_hrev(rev))
 }
@@ -159,7 +159,7 @@ pub async fn read(mut client: Client, invoke: Op, mode: ReadMode) -> StepResult 
     let options = (mode == ReadMode::Serializable).then(|| etcd_client::GetOptions::new().with_serializable());
     let resp = client.get(key, options).await.map_err(read_error)?;
     let (value, rev) = match resp.kvs().first() {
-        Some(kv) => (parse_lease_value(kv.value(), kv.lease()), kv.mod_revision()),
+        Some(kv) => (json!({"lease": kv.lease(), "value": super::parse_int(kv.value())}), kv.mod_revision()),
         None => (Value::Null, 0),
     };
     let mut done = invoke.complete(OpType::Ok, 0).with_value(value).with_rev(rev);
@@ -167,11 +167,4 @@ pub async fn read(mut client: Client, invoke: Op, mode: ReadMode) -> StepResult 
         done.hrev = resp.header().map(|h| h.revision());
     }
     Ok(done)
-}
-
-/// `"<lease>:<value>"` → `{"lease": lease, "value": value}` (the lease id from the key-value).
-fn parse_lease_value(bytes: &[u8], lease: i64) -> Value {
-    let text = String::from_utf8_lossy(bytes);
-    let value = text.split_once(':').and_then(|(_, v)| v.parse::<i64>().ok());
-    json!({"lease": lease, "value": value})
 }
