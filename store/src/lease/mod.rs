@@ -70,11 +70,19 @@ impl Lessor {
         }
     }
 
-    /// Renews a lease; its TTL, or `None` if it does not exist.
+    /// Renews a lease; its TTL, or `None` if it does not exist or has already expired.
+    ///
+    /// An expired lease's revoke may already be proposed: renewing it would tell the client it
+    /// lives for another TTL while its keys are about to be deleted. etcd's `Renew` likewise
+    /// answers "not found" for an expired lease.
     pub fn keep_alive(&self, id: i64) -> Option<i64> {
         let mut leases = self.lock();
         let t = leases.get_mut(&id)?;
-        t.expiry = deadline(Instant::now(), t.ttl_secs);
+        let now = Instant::now();
+        if t.expiry <= now {
+            return None;
+        }
+        t.expiry = deadline(now, t.ttl_secs);
         Some(t.ttl_secs)
     }
 
@@ -117,6 +125,10 @@ mod tests {
         assert_eq!(l.expired(now + Duration::from_secs(3), 10), vec![1]);
         assert_eq!(l.keep_alive(1), Some(2));
         assert_eq!(l.keep_alive(9), None);
+        // An expired lease (its revoke may be in flight) is not brought back by a keep-alive.
+        l.lock().get_mut(&1).unwrap().expiry = now;
+        assert_eq!(l.keep_alive(1), None);
+        assert_eq!(l.expired(now, 10), vec![1]);
         assert_eq!(l.time_to_live(2).map(|(_, g)| g), Some(100));
         assert!(l.time_to_live(2).unwrap().0 > 98);
         l.on_revoke(1);

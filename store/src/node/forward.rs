@@ -221,22 +221,29 @@ impl Node {
     }
 
     /// Answers a lease call from this member's lessor (the leader's).
-    pub(crate) fn lease_here(&self, id: i64, keep_alive: bool) -> pb::LeaseReply {
+    ///
+    /// A keep-alive first confirms leadership with a read-index round (etcd 3.4's
+    /// `ensureLeadership`): a deposed leader that has not noticed yet (paused, partitioned) must
+    /// not renew in its own lessor and answer success while the real leader's clock runs out.
+    pub(crate) async fn lease_here(&self, id: i64, keep_alive: bool) -> Result<pb::LeaseReply, StoreError> {
+        if keep_alive {
+            self.read_index_here().await?;
+        }
         let lessor = &self.shared.lessor;
         lessor.promote(self.raft_term());
-        if keep_alive {
+        Ok(if keep_alive {
             let ttl = lessor.keep_alive(id);
             pb::LeaseReply { found: ttl.is_some(), ttl: ttl.unwrap_or(0), granted_ttl: ttl.unwrap_or(0) }
         } else {
             let t = lessor.time_to_live(id);
             pb::LeaseReply { found: t.is_some(), ttl: t.map_or(0, |t| t.0), granted_ttl: t.map_or(0, |t| t.1) }
-        }
+        })
     }
 
     async fn lease_call(&self, id: i64, keep_alive: bool) -> Result<pb::LeaseReply, StoreError> {
         self.with_leader(|target, limit| async move {
             let Target::Peer(peer, info) = target else {
-                return Ok(self.lease_here(id, keep_alive));
+                return self.lease_here(id, keep_alive).await.map_err(AttemptError::Retry);
             };
             let mut client =
                 self.peers.client(peer, &info).map_err(|e| AttemptError::Retry(StoreError::internal(e)))?;

@@ -152,13 +152,13 @@ impl Peer for PeerService {
     async fn lease_keep_alive(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
         self.check_route(req.get_ref().route.as_ref())?;
         self.leader_only()?;
-        Ok(Response::new(self.node.lease_here(req.get_ref().id, true)))
+        Ok(Response::new(self.node.lease_here(req.get_ref().id, true).await?))
     }
 
     async fn lease_time_to_live(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
         self.check_route(req.get_ref().route.as_ref())?;
         self.leader_only()?;
-        Ok(Response::new(self.node.lease_here(req.get_ref().id, false)))
+        Ok(Response::new(self.node.lease_here(req.get_ref().id, false).await?))
     }
 
     async fn get_cluster(&self, req: Request<pb::GetClusterRequest>) -> Result<Response<pb::GetClusterReply>, Status> {

@@ -30,6 +30,9 @@ struct Local {
     progress_notify: bool,
     fragment: bool,
     sent_since_tick: bool,
+    /// Revision of the last events response sent: every event of this watcher up to it has been
+    /// sent, so a progress notification never reports less.
+    last_rev: i64,
 }
 
 struct WatchStreamTask {
@@ -77,7 +80,7 @@ impl WatchStreamTask {
         match self.node.shared.hub.add(spec, c.start_revision, self.sink.clone()) {
             Ok(hub_key) => {
                 let local =
-                    Local { hub_key, progress_notify: c.progress_notify, fragment: c.fragment, sent_since_tick: false };
+                    Local { hub_key, progress_notify: c.progress_notify, fragment: c.fragment, sent_since_tick: false, last_rev: 0 };
                 self.watchers.insert(id, local);
                 self.send(created).await
             }
@@ -120,20 +123,34 @@ impl WatchStreamTask {
             Some(watch_request::RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(watch_request::RequestUnion::CancelRequest(c)) => self.cancel(c.watch_id).await,
             Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                // Answered by the stream loop, which can first flush queued events.
                 self.progress_pending = true;
-                self.try_progress().await
+                true
             }
             None => true,
         }
     }
 
     /// Answers a progress request once every watcher is synced, so the
-    /// revision it reports is a true bookmark.
-    async fn try_progress(&mut self) -> bool {
+    /// revision it reports is a true bookmark. The revision is read before the queued events
+    /// are flushed: everything up to it is in the queue by then (see `Hub::publish`).
+    async fn try_progress(&mut self, items: &mut mpsc::Receiver<StreamItem>) -> bool {
         let keys: Vec<u64> = self.watchers.values().map(|w| w.hub_key).collect();
-        if let Some(rev) = self.node.shared.hub.all_synced_revision(&keys) {
-            self.progress_pending = false;
-            return self.send(self.response(-1, rev)).await;
+        let Some(rev) = self.node.shared.hub.all_synced_revision(&keys) else { return true };
+        if !self.flush(items).await {
+            return false;
+        }
+        self.progress_pending = false;
+        let rev = self.watchers.values().map(|w| w.last_rev).fold(rev, i64::max);
+        self.send(self.response(-1, rev)).await
+    }
+
+    /// Sends every queued item now.
+    async fn flush(&mut self, items: &mut mpsc::Receiver<StreamItem>) -> bool {
+        while let Ok(item) = items.try_recv() {
+            if !self.item(item).await {
+                return false;
+            }
         }
         true
     }
@@ -143,6 +160,7 @@ impl WatchStreamTask {
             StreamItem::Events { watch_id, events, revision } => {
                 let Some(w) = self.watchers.get_mut(&watch_id) else { return true };
                 w.sent_since_tick = true;
+                w.last_rev = w.last_rev.max(revision);
                 let fragment = w.fragment;
                 let mut r = self.response(watch_id, revision);
                 r.events = events;
@@ -185,17 +203,26 @@ impl WatchStreamTask {
         self.send(part).await
     }
 
-    async fn progress_tick(&mut self) -> bool {
+    /// Periodic notifications for idle watchers that asked for them. Revisions are read
+    /// before the queue is flushed, as in `try_progress`.
+    async fn progress_tick(&mut self, items: &mut mpsc::Receiver<StreamItem>) -> bool {
         let mut due = Vec::new();
         for (id, w) in self.watchers.iter_mut() {
             if w.progress_notify && !std::mem::take(&mut w.sent_since_tick) {
-                due.push((*id, w.hub_key));
+                if let Some(rev) = self.node.shared.hub.synced_revision(w.hub_key) {
+                    due.push((*id, rev));
+                }
             }
         }
-        for (id, key) in due {
-            if let Some(rev) = self.node.shared.hub.synced_revision(key)
-                && !self.send(self.response(id, rev)).await
-            {
+        if due.is_empty() {
+            return true;
+        }
+        if !self.flush(items).await {
+            return false;
+        }
+        for (id, rev) in due {
+            let Some(w) = self.watchers.get(&id) else { continue };
+            if !self.send(self.response(id, rev.max(w.last_rev))).await {
                 return false;
             }
         }
@@ -209,12 +236,12 @@ impl WatchStreamTask {
         loop {
             let alive = tokio::select! {
                 msg = input.message() => match msg {
-                    Ok(Some(req)) => self.request(req).await,
+                    Ok(Some(req)) => self.request(req).await && (!self.progress_pending || self.try_progress(&mut items).await),
                     Ok(None) | Err(_) => false,
                 },
                 Some(item) = items.recv() => self.item(item).await,
-                _ = tick.tick() => self.progress_tick().await,
-                _ = recheck.tick(), if self.progress_pending => self.try_progress().await,
+                _ = tick.tick() => self.progress_tick(&mut items).await,
+                _ = recheck.tick(), if self.progress_pending => self.try_progress(&mut items).await,
             };
             if !alive {
                 break;

@@ -159,11 +159,15 @@ impl Hub {
 
     /// Delivers the events of one applied revision to synced watchers. Never
     /// blocks: a watcher with a full buffer is moved to catch-up.
+    ///
+    /// `current` advances in the same critical section that queues the revision's events: a
+    /// synced watcher seen at `current` = R has everything up to R in its stream's queue, which
+    /// is what makes a progress notification at R a true bookmark.
     pub fn publish(&self, revision: i64, events: &[Event]) {
         {
             let mut st = self.lock();
-            st.current = st.current.max(revision);
             if st.synced.is_empty() {
+                st.current = st.current.max(revision);
                 return;
             }
         }
@@ -171,6 +175,7 @@ impl Hub {
         let full: Vec<mvccpb::Event> = events.iter().map(|e| to_pb(e, true)).collect();
         let bare: Vec<mvccpb::Event> = events.iter().map(|e| to_pb(e, false)).collect();
         let mut st = self.lock();
+        st.current = st.current.max(revision);
         let mut demoted = Vec::new();
         let mut closed = Vec::new();
         for (key, w) in st.synced.iter_mut() {
