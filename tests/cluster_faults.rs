@@ -56,6 +56,42 @@ async fn partitioned_leader_commits_nothing() -> Result<()> {
     Ok(())
 }
 
+/// Found by the jepsen lease workload: a leader that lost its quorum (here: isolated; there:
+/// paused and resumed) still renewed leases in its own lessor and answered the keep-alive with
+/// a full TTL, while the real leader's clock ran out and deleted the keys. A keep-alive must
+/// confirm leadership first (etcd's ensureLeadership), so the isolated leader cannot answer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn isolated_leader_does_not_renew_leases() -> Result<()> {
+    if skip_on_etcd("needs --experimental-peer-dial-overrides to proxy the peer links") {
+        return Ok(());
+    }
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, ClusterOpts { proxied: true, ..ClusterOpts::default() }).await;
+    let mut cluster = cluster?;
+    let old = cluster.leader().await?;
+    let mut old_client = connect_with(&[cluster.endpoint(old)], Duration::from_secs(4)).await?;
+    let lease = old_client.lease_grant(30, None).await?.id();
+    // Renewing works while the leader has its quorum.
+    let (mut keeper, mut replies) = old_client.lease_keep_alive(lease).await?;
+    keeper.keep_alive().await?;
+    let ttl = replies.message().await?.map(|r| r.ttl());
+    assert_eq!(ttl, Some(30));
+
+    cluster.isolate(old)?;
+    // An error or no answer at all are both right; an answer with a TTL is the bug.
+    let renewed = tokio::time::timeout(Duration::from_secs(15), async {
+        keeper.keep_alive().await?;
+        anyhow::Ok(replies.message().await?.map(|r| r.ttl()))
+    })
+    .await;
+    match renewed {
+        Ok(Ok(Some(ttl))) if ttl > 0 => panic!("the isolated leader renewed the lease (TTL {ttl})"),
+        other => eprintln!("keep-alive on the isolated leader: {other:?}"),
+    }
+    cluster.heal_all();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn membership_changes_under_load() -> Result<()> {
     let _serial = serial().await;

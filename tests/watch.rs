@@ -295,6 +295,57 @@ async fn progress_response_never_overtakes_undelivered_events() -> Result<()> {
     Ok(())
 }
 
+/// Found by the jepsen watch workload: a progress notification could overtake events of a
+/// synced watcher still queued on its stream (or being queued by publish), so an event at or
+/// below a bookmark arrived after it. Under a steady write load with frequent notifications and
+/// progress requests, no event may arrive at or below a notification's revision, and no
+/// notification may report less than what was already delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_notifications_under_writes_are_bookmarks() -> Result<()> {
+    const PUTS: usize = 600;
+    let flags = ["--experimental-watch-progress-notify-interval", "5ms"];
+    let server = TestServer::start_with(&flags).await?;
+    let mut client = server.client().await?;
+    let opts = WatchOptions::new().with_prefix().with_progress_notify();
+    let (mut stream, _) = open(&mut client, "load/", Some(opts)).await?;
+    let mut writer = server.client().await?;
+    let writes = tokio::spawn(async move {
+        let mut last = 0;
+        for i in 0..PUTS {
+            last = rev(writer.put(format!("load/{}", i % 7), i.to_string(), None).await?.header());
+        }
+        anyhow::Ok(last)
+    });
+    let (mut delivered, mut bookmark, mut notifications, mut responses) = (0, 0, 0, 0);
+    loop {
+        let resp = next_watch(&mut stream).await?;
+        ensure!(!resp.canceled(), "watch canceled: {resp:?}");
+        responses += 1;
+        if responses % 3 == 0 {
+            stream.request_progress().await?;
+        }
+        match resp.events().first() {
+            Some(first) => {
+                ensure!(mod_rev(first) > bookmark, "event at {} after a notification at {bookmark}", mod_rev(first));
+                delivered = mod_rev(resp.events().last().unwrap_or(first));
+            }
+            None => {
+                let r = rev(resp.header());
+                ensure!(r >= delivered, "notification at {r} after events up to {delivered} were delivered");
+                bookmark = r;
+                notifications += 1;
+            }
+        }
+        if writes.is_finished() && delivered >= 1 + PUTS as i64 {
+            break;
+        }
+    }
+    let last = writes.await??;
+    assert_eq!(delivered, last);
+    assert!(notifications > 10, "only {notifications} notifications: the test did not exercise the race");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_notify_arrives_on_idle_watchers() -> Result<()> {
     let flags = ["--experimental-watch-progress-notify-interval", "500ms"];

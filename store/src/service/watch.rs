@@ -79,8 +79,13 @@ impl WatchStreamTask {
         created.created = true;
         match self.node.shared.hub.add(spec, c.start_revision, self.sink.clone()) {
             Ok(hub_key) => {
-                let local =
-                    Local { hub_key, progress_notify: c.progress_notify, fragment: c.fragment, sent_since_tick: false, last_rev: 0 };
+                let local = Local {
+                    hub_key,
+                    progress_notify: c.progress_notify,
+                    fragment: c.fragment,
+                    sent_since_tick: false,
+                    last_rev: 0,
+                };
                 self.watchers.insert(id, local);
                 self.send(created).await
             }
