@@ -3,7 +3,6 @@
 //! must catch a real anomaly (serializable reads served by a partitioned member).
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use anyhow::Result;
 use jepsen::checker::{CheckResult, Validity};
@@ -12,7 +11,7 @@ use jepsen::run::{self, RunOutcome, TestOpts};
 use jepsen::workload::{ReadMode, WorkloadKind};
 
 /// One cluster at a time: runs are timing-sensitive and the machine has two cores.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The suite's etcd mode (`GEOBUK_TEST_TARGET=etcd`) has nothing to compare here: these runs
 /// need geobuk's dial overrides for partitions.
@@ -60,7 +59,7 @@ async fn register_under_kill_partition_pause_is_linearizable() -> Result<()> {
     if skip_on_etcd() {
         return Ok(());
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let outcome = run::run(opts(WorkloadKind::Register, 11, dir.path())).await?;
     assert_valid_run(&outcome, "linearizable")
@@ -71,7 +70,7 @@ async fn watch_under_kill_partition_pause_delivers_every_event() -> Result<()> {
     if skip_on_etcd() {
         return Ok(());
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let outcome = run::run(opts(WorkloadKind::Watch, 12, dir.path())).await?;
     assert_valid_run(&outcome, "watch")?;
@@ -88,7 +87,7 @@ async fn serializable_reads_under_partitions_are_caught_as_nonlinearizable() -> 
     if skip_on_etcd() {
         return Ok(());
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     for attempt in 0..RUNS {
         let dir = tempfile::tempdir()?;
         let mut o = opts(WorkloadKind::Register, 100 + attempt, dir.path());

@@ -145,13 +145,11 @@ impl Cluster {
         let mut proxies = BTreeMap::new();
         for from in 0..members.len() {
             let mut overrides = Vec::new();
-            for to in 0..members.len() {
-                if from != to {
-                    let target: SocketAddr = format!("127.0.0.1:{}", members[to].peer_port).parse()?;
-                    let proxy = Proxy::start(target).await?;
-                    overrides.push(format!("{}={}", members[to].peer_url(), proxy.url()));
-                    proxies.insert((from, to), proxy);
-                }
+            for (to, peer) in members.iter().enumerate().filter(|(to, _)| *to != from) {
+                let target: SocketAddr = format!("127.0.0.1:{}", peer.peer_port).parse()?;
+                let proxy = Proxy::start(target).await?;
+                overrides.push(format!("{}={}", peer.peer_url(), proxy.url()));
+                proxies.insert((from, to), proxy);
             }
             members[from].dial_overrides = overrides.join(",");
             members[from].initial_cluster = initial.clone();

@@ -96,7 +96,7 @@ pub struct Nemesis {
 
 impl Nemesis {
     pub fn new(cluster: Arc<Mutex<Cluster>>, recorder: Recorder, schedule: Schedule) -> Nemesis {
-        let rng = StdRng::seed_from_u64(schedule.seed ^ 0x6e65_6d65_7369_73);
+        let rng = StdRng::seed_from_u64(schedule.seed ^ 0x006e_656d_6573_6973);
         Nemesis { cluster, recorder, schedule, rng, faults: Vec::new(), current: Default::default() }
     }
 

@@ -300,7 +300,7 @@ impl Worker {
         Fut: Future<Output = StepResult>,
     {
         for _ in 0..FINAL_OP_ATTEMPTS {
-            let done = self.perform(invoke.clone(), |c, op| step(c, op)).await;
+            let done = self.perform(invoke.clone(), &step).await;
             if done.kind == OpType::Ok {
                 return Ok(done);
             }

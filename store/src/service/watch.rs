@@ -213,10 +213,11 @@ impl WatchStreamTask {
     async fn progress_tick(&mut self, items: &mut mpsc::Receiver<StreamItem>) -> bool {
         let mut due = Vec::new();
         for (id, w) in self.watchers.iter_mut() {
-            if w.progress_notify && !std::mem::take(&mut w.sent_since_tick) {
-                if let Some(rev) = self.node.shared.hub.synced_revision(w.hub_key) {
-                    due.push((*id, rev));
-                }
+            if w.progress_notify
+                && !std::mem::take(&mut w.sent_since_tick)
+                && let Some(rev) = self.node.shared.hub.synced_revision(w.hub_key)
+            {
+                due.push((*id, rev));
             }
         }
         if due.is_empty() {
