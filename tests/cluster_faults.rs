@@ -92,6 +92,49 @@ async fn isolated_leader_does_not_renew_leases() -> Result<()> {
     Ok(())
 }
 
+/// Found by the jepsen lease workload: a deposed leader whose lease clock ran out proposed the
+/// expiry revoke, and the proposal path forwarded it to the new leader once the old one learned
+/// of it, so the new leader deleted a lease it had just renewed. Expiry may only be proposed by
+/// the leader whose clock decided it, without forwarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deposed_leaders_lease_expiry_is_not_forwarded() -> Result<()> {
+    if skip_on_etcd("needs --experimental-peer-dial-overrides to proxy the peer links") {
+        return Ok(());
+    }
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, ClusterOpts { proxied: true, ..ClusterOpts::default() }).await?;
+    let old = cluster.leader().await?;
+    let majority = cluster.live_except(old);
+    let mut client = cluster.client_for(&majority).await?;
+    let lease = client.lease_grant(2, None).await?.id();
+    client.put("lease/kept", "v", Some(etcd_client::PutOptions::new().with_lease(lease))).await?;
+
+    // The old leader keeps believing it leads; its clock for the lease runs out after 2 s and it
+    // keeps retrying the expiry revoke, while the majority's leader keeps the lease alive.
+    cluster.isolate(old)?;
+    let renew_until = |secs| Instant::now() + Duration::from_secs(secs);
+    let keep_alive = async |client: &mut etcd_client::Client, until: Instant| -> Result<()> {
+        while Instant::now() < until {
+            if let Ok(Ok((mut keeper, mut replies))) =
+                tokio::time::timeout(Duration::from_secs(1), client.lease_keep_alive(lease)).await
+            {
+                keeper.keep_alive().await?;
+                let ttl = replies.message().await?.map(|r| r.ttl());
+                ensure!(ttl.is_none_or(|t| t > 0), "the kept lease is gone (TTL {ttl:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Ok(())
+    };
+    keep_alive(&mut client, renew_until(4)).await?;
+    // Healed while the old leader still retries its revoke: it now learns who leads.
+    cluster.heal_all();
+    keep_alive(&mut client, renew_until(6)).await?;
+    let kept = client.get("lease/kept", None).await?;
+    assert_eq!(kept.count(), 1, "the key of a lease kept alive on the new leader was deleted");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn membership_changes_under_load() -> Result<()> {
     let _serial = serial().await;

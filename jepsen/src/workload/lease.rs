@@ -21,6 +21,8 @@ pub const PREFIX: &str = "jepsen/lease/";
 pub const TTL_SECS: i64 = 3;
 /// Kept leases are renewed this often, well within their TTL.
 const KEEPALIVE_EVERY: Duration = Duration::from_millis(800);
+/// Retry delay after a keep-alive that did not answer.
+const KEEPALIVE_RETRY: Duration = Duration::from_millis(200);
 /// Leases a worker keeps alive at once.
 const KEPT_PER_WORKER: usize = 2;
 /// Keys remembered for random reads.
@@ -39,6 +41,8 @@ struct Lease {
     id: i64,
     fate: Fate,
     renewed: Instant,
+    /// When to try the next keep-alive (after a renewal, or soon after an attempt that failed).
+    next_keepalive: Instant,
 }
 
 /// Keys of every lease granted so far (for reads by any worker and the final reads).
@@ -70,14 +74,23 @@ pub async fn worker(mut w: Worker, keys: LeaseKeys) {
     while !w.time_is_up() {
         w.pace().await;
         leases.retain(|l| l.fate == Fate::Kept || l.renewed.elapsed() < Duration::from_secs(30));
-        if let Some(i) = leases.iter().position(|l| l.fate == Fate::Kept && l.renewed.elapsed() >= KEEPALIVE_EVERY) {
+        let now = Instant::now();
+        if let Some(i) = leases.iter().position(|l| l.fate == Fate::Kept && l.next_keepalive <= now) {
             let done = w.perform(Op::invoke(0, "keepalive", None, json!({"lease": leases[i].id}), 0), keepalive).await;
-            if done.kind == OpType::Ok {
-                if done.value["ttl"].as_i64().unwrap_or(0) > 0 {
+            let alive = done.value["ttl"].as_i64().unwrap_or(0) > 0;
+            match (done.kind, alive) {
+                (OpType::Ok, true) => {
                     leases[i].renewed = Instant::now();
-                } else {
+                    leases[i].next_keepalive = leases[i].renewed + KEEPALIVE_EVERY;
+                }
+                (OpType::Ok, false) => {
                     leases.remove(i);
                 }
+                _ if leases[i].renewed.elapsed() > Duration::from_secs(TTL_SECS as u64 * 10) => {
+                    // Long gone whatever happened: stop spending ops on it.
+                    leases.remove(i);
+                }
+                _ => leases[i].next_keepalive = Instant::now() + KEEPALIVE_RETRY,
             }
             continue;
         }
@@ -109,7 +122,8 @@ async fn grant_and_put(w: &mut Worker, keys: &LeaseKeys) -> Option<Lease> {
     let value = w.shared.unique_value();
     let put = w.perform(Op::invoke(0, "put", Some(&key), json!({"lease": id, "value": value}), 0), put).await;
     let fate = if w.rng.gen_bool(0.7) { Fate::Kept } else { Fate::Abandoned };
-    (put.kind == OpType::Ok).then_some(Lease { id, fate, renewed: Instant::now() })
+    let now = Instant::now();
+    (put.kind == OpType::Ok).then_some(Lease { id, fate, renewed: now, next_keepalive: now + KEEPALIVE_EVERY })
 }
 
 /// A linearizable (or serializable, per the read mode) read of one lease key.
@@ -136,7 +150,14 @@ async fn put(mut client: Client, invoke: Op) -> StepResult {
 
 async fn keepalive(mut client: Client, invoke: Op) -> StepResult {
     let id = invoke.value["lease"].as_i64().unwrap_or_default();
-    let (mut keeper, mut stream) = client.lease_keep_alive(id).await.map_err(step_error)?;
+    // etcd-client turns etcd's "TTL 0" answer (the lease does not exist) into this error.
+    let gone =
+        |e: &etcd_client::Error| matches!(e, etcd_client::Error::LeaseKeepAliveError(m) if m == "lease not found");
+    let (mut keeper, mut stream) = match client.lease_keep_alive(id).await {
+        Ok(pair) => pair,
+        Err(e) if gone(&e) => return Ok(invoke.complete(OpType::Ok, 0).with_value(json!({"lease": id, "ttl": 0}))),
+        Err(e) => return Err(step_error(e)),
+    };
     keeper.keep_alive().await.map_err(step_error)?;
     let resp = stream
         .message()

@@ -129,6 +129,19 @@ impl Node {
         }
     }
 
+    /// Proposes `op` on this member only: no forwarding and no retry. For decisions that only
+    /// the current leader may take from its own state, like lease expiry: forwarded to a new
+    /// leader, a deposed leader's "expired" would override the new leader's renewed clocks.
+    pub async fn propose_as_leader(&self, op: Op) -> Result<Applied, StoreError> {
+        let cmd = raftlog::Command { request_id: self.request_ids.next(), op: Some(op) };
+        let bytes: Bytes = cmd.encode_to_vec().into();
+        match self.propose_here(bytes, self.config.request_timeout()).await {
+            Ok(Applied::Rejected(e)) => Err(e),
+            Ok(applied) => Ok(applied),
+            Err(AttemptError::Retry(e) | AttemptError::Final(e)) => Err(e),
+        }
+    }
+
     /// Proposes an encoded command on this member, which must lead.
     pub(crate) async fn propose_here(&self, bytes: Bytes, limit: Duration) -> Result<Applied, AttemptError> {
         let write = self.raft.client_write(CommandBytes(bytes));

@@ -291,7 +291,7 @@ async fn run_lease_expiry(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         node.shared.lessor.promote(node.raft_term());
         for id in node.shared.lessor.expired(Instant::now(), LEASE_REVOKES_PER_ROUND_MAX) {
             let op = Op::LeaseRevoke(raftlog::LeaseRevoke { ids: vec![id], expired: true });
-            if let Err(e) = node.propose(op).await {
+            if let Err(e) = node.propose_as_leader(op).await {
                 tracing::warn!(lease = id, error = %e, "lease expiry revoke failed; will retry");
             }
         }
