@@ -164,8 +164,9 @@ async fn keepalive(mut client: Client, invoke: Op) -> StepResult {
         .await
         .map_err(step_error)?
         .ok_or((Outcome::Indeterminate, "keep-alive stream closed".to_string()))?;
-    let hrev = resp.header().map_or(0, |h| h.revision());
-    Ok(invoke.complete(OpType::Ok, 0).with_value(json!({"lease": id, "ttl": resp.ttl()})).with_hrev(hrev))
+    // No `hrev`: like etcd, the member serving the keep-alive stream fills the header from its
+    // own applied state, which may lag; it is not a linearizable revision.
+    Ok(invoke.complete(OpType::Ok, 0).with_value(json!({"lease": id, "ttl": resp.ttl()})))
 }
 
 async fn revoke(mut client: Client, invoke: Op) -> StepResult {
