@@ -78,6 +78,22 @@ async fn watch_under_kill_partition_pause_delivers_every_event() -> Result<()> {
     Ok(())
 }
 
+/// Leases under crashes and pauses (a paused majority, a paused leader): no kept-alive lease
+/// loses its key early and no revoked or expired lease's key is read afterwards. This is where
+/// the harness found the store's lease bugs (see ARCHITECTURE.md, "Leases across leader
+/// changes").
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_under_kill_and_pause_keeps_its_promises() -> Result<()> {
+    if skip_on_etcd() {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let mut o = opts(WorkloadKind::Lease, 13, dir.path());
+    o.nemesis = vec![FaultKind::Kill, FaultKind::Pause];
+    assert_valid_run(&run::run(o).await?, "lease")
+}
+
 /// Serializable reads are served from the member's own state, so a member cut off from the
 /// leader keeps answering with old values while the majority moves on: the register checker
 /// must report it. Partitions are frequent and long so that one run nearly always shows it.

@@ -179,15 +179,10 @@ impl Node {
     pub async fn linearize(&self) -> Result<(), StoreError> {
         self.with_leader(|target, limit| async move {
             match target {
-                Target::Me => {
-                    let ensure = self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex);
-                    match tokio::time::timeout(limit, ensure).await {
-                        Err(_) => Err(AttemptError::Retry(StoreError::Timeout)),
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(RaftError::Fatal(_))) => Err(AttemptError::Final(StoreError::Stopped)),
-                        Ok(Err(RaftError::APIError(_))) => Err(AttemptError::Retry(StoreError::NotLeader)),
-                    }
-                }
+                Target::Me => self.linearize_here(limit).await.map_err(|e| match e {
+                    StoreError::Stopped => AttemptError::Final(e),
+                    e => AttemptError::Retry(e),
+                }),
                 Target::Peer(id, info) => {
                     let index = self.remote_read_index(id, &info, limit).await?;
                     let waiter = self.raft.wait(Some(limit));
@@ -197,6 +192,18 @@ impl Node {
             }
         })
         .await
+    }
+
+    /// Confirms leadership with a read-index round and waits until everything committed before
+    /// it is applied here (a new leader's previous-term entries included).
+    pub(crate) async fn linearize_here(&self, limit: Duration) -> Result<(), StoreError> {
+        let ensure = self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex);
+        match tokio::time::timeout(limit, ensure).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::Fatal(_))) => Err(StoreError::Stopped),
+            Ok(Err(RaftError::APIError(_))) => Err(StoreError::NotLeader),
+        }
     }
 
     async fn remote_read_index(&self, id: u64, info: &MemberInfo, limit: Duration) -> Result<u64, AttemptError> {
@@ -235,12 +242,14 @@ impl Node {
 
     /// Answers a lease call from this member's lessor (the leader's).
     ///
-    /// A keep-alive first confirms leadership with a read-index round (etcd 3.4's
-    /// `ensureLeadership`): a deposed leader that has not noticed yet (paused, partitioned) must
-    /// not renew in its own lessor and answer success while the real leader's clock runs out.
+    /// A keep-alive is linearized first: it confirms leadership with a read-index round (etcd
+    /// 3.4's `ensureLeadership`), so a deposed leader that has not noticed yet (paused,
+    /// partitioned) cannot renew in its own lessor while the real leader's clock runs out; and it
+    /// waits until the read index is applied, so a new leader does not renew a lease whose
+    /// expiry revoke from the previous term is already committed but not yet applied.
     pub(crate) async fn lease_here(&self, id: i64, keep_alive: bool) -> Result<pb::LeaseReply, StoreError> {
         if keep_alive {
-            self.read_index_here().await?;
+            self.linearize_here(self.config.request_timeout()).await?;
         }
         let lessor = &self.shared.lessor;
         lessor.promote(self.raft_term());
