@@ -135,6 +135,45 @@ async fn deposed_leaders_lease_expiry_is_not_forwarded() -> Result<()> {
     Ok(())
 }
 
+/// Found by the jepsen member nemesis: a leader removing itself stopped as soon as the final
+/// configuration was appended to its own log, before it was committed, leaving the survivors in
+/// the joint configuration that still counted the removed member (they kept asking it for
+/// votes, and the next membership change hung). It must stop only once its removal is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removed_leader_leaves_a_finished_configuration() -> Result<()> {
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, ClusterOpts::default()).await?;
+    let leader = cluster.leader().await?;
+    let leader_id = cluster.member_id(leader);
+    let survivors = cluster.live_except(leader);
+    let mut admin = cluster.client_for(&survivors).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.member_remove(leader_id).await {
+            Ok(_) => break,
+            Err(e) if grpc_status(&e).is_some_and(|(_, m)| m == UNHEALTHY) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e).context("MemberRemove of the leader"),
+        }
+    }
+    cluster.wait_exit(leader, Duration::from_secs(20)).await.context("the removed leader did not stop")?;
+    let listed = |members: &[etcd_client::Member]| members.iter().any(|m| m.id() == leader_id);
+    let members = admin.member_list().await?;
+    assert!(!listed(members.members()), "the removed leader is still listed: {:?}", members.members());
+    // The two survivors finish on their own and take a new member without help.
+    let added = within_for(
+        Duration::from_secs(30),
+        "a member added after the leader's removal",
+        cluster.add_member("late", false),
+    )
+    .await?;
+    let added = added?;
+    let all: Vec<usize> = survivors.iter().copied().chain([added]).collect();
+    cluster.converge(&all).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn membership_changes_under_load() -> Result<()> {
     let _serial = serial().await;

@@ -163,13 +163,17 @@ impl Node {
         let mut metrics = self.raft.metrics();
         let mut was_member = false;
         loop {
-            let listed = {
+            // Only an applied (so committed) membership counts: a leader removing itself must
+            // stay until the final configuration is committed, or the survivors are left in the
+            // joint configuration that still lists it (found by the jepsen member nemesis).
+            let (listed, applied) = {
                 let m = metrics.borrow_watched();
-                m.membership_config.membership().get_node(&self.member_id).is_some()
+                let config = &m.membership_config;
+                (config.membership().get_node(&self.member_id).is_some(), config.log_id() <= &m.last_applied)
             };
             if listed {
                 was_member = true;
-            } else if was_member {
+            } else if was_member && applied {
                 tracing::warn!(
                     member_id = format!("{:x}", self.member_id),
                     "the member has been permanently removed from the cluster"
