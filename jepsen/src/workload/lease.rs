@@ -11,7 +11,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::{ReadMode, StepResult, Worker, read_error, step_error};
+use super::{ReadMode, StepResult, Worker, step_error};
 use crate::client::Outcome;
 use crate::history::{Op, OpType};
 
@@ -176,17 +176,7 @@ async fn revoke(mut client: Client, invoke: Op) -> StepResult {
     Ok(invoke.complete(OpType::Ok, 0).with_hrev(hrev))
 }
 
-pub async fn read(mut client: Client, invoke: Op, mode: ReadMode) -> StepResult {
-    let key = invoke.key.clone().unwrap_or_default();
-    let options = (mode == ReadMode::Serializable).then(|| etcd_client::GetOptions::new().with_serializable());
-    let resp = client.get(key, options).await.map_err(read_error)?;
-    let (value, rev) = match resp.kvs().first() {
-        Some(kv) => (json!({"lease": kv.lease(), "value": super::parse_int(kv.value())}), kv.mod_revision()),
-        None => (Value::Null, 0),
-    };
-    let mut done = invoke.complete(OpType::Ok, 0).with_value(value).with_rev(rev);
-    if mode == ReadMode::Linearizable {
-        done.hrev = resp.header().map(|h| h.revision());
-    }
-    Ok(done)
+pub async fn read(client: Client, invoke: Op, mode: ReadMode) -> StepResult {
+    super::read_key_step(client, invoke, mode, |kv| json!({"lease": kv.lease(), "value": super::parse_int(kv.value())}))
+        .await
 }

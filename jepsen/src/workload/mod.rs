@@ -193,6 +193,28 @@ pub fn parse_int(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.trim().parse().ok()
 }
 
+/// A single-key read in `mode`: the op's value is `to_value(kv)` (null when absent), `rev` the
+/// key's mod_revision (0 when absent), and `hrev` the header revision for linearizable reads only.
+pub async fn read_key_step(
+    mut client: Client,
+    invoke: Op,
+    mode: ReadMode,
+    to_value: impl Fn(&etcd_client::KeyValue) -> serde_json::Value,
+) -> StepResult {
+    let key = invoke.key.clone().unwrap_or_default();
+    let options = (mode == ReadMode::Serializable).then(|| etcd_client::GetOptions::new().with_serializable());
+    let resp = client.get(key, options).await.map_err(read_error)?;
+    let (value, rev) = match resp.kvs().first() {
+        Some(kv) => (to_value(kv), kv.mod_revision()),
+        None => (serde_json::Value::Null, 0),
+    };
+    let mut done = invoke.complete(OpType::Ok, 0).with_value(value).with_rev(rev);
+    if mode == ReadMode::Linearizable {
+        done.hrev = resp.header().map(|h| h.revision());
+    }
+    Ok(done)
+}
+
 /// Maps an etcd-client error into a step error.
 pub fn step_error(e: etcd_client::Error) -> (Outcome, String) {
     (client::classify(&e), client::describe(&e))

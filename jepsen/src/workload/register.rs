@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use rand::Rng;
 use serde_json::{Value, json};
 
-use super::{ReadMode, Shared, StepResult, Worker, parse_int, read_error, step_error};
+use super::{ReadMode, Shared, StepResult, Worker, parse_int, read_key_step, step_error};
 use crate::history::{Op, OpType};
 
 /// Ops on a key before the window moves on.
@@ -92,22 +92,8 @@ impl Register {
     }
 }
 
-async fn read(mut client: etcd_client::Client, invoke: Op, mode: ReadMode) -> StepResult {
-    let key = invoke.key.clone().unwrap_or_default();
-    let options = match mode {
-        ReadMode::Linearizable => None,
-        ReadMode::Serializable => Some(GetOptions::new().with_serializable()),
-    };
-    let resp = client.get(key, options).await.map_err(read_error)?;
-    let (value, rev) = match resp.kvs().first() {
-        Some(kv) => (parse_int(kv.value()).map_or(Value::Null, Value::from), kv.mod_revision()),
-        None => (Value::Null, 0),
-    };
-    let mut done = invoke.complete(OpType::Ok, 0).with_value(value).with_rev(rev);
-    if mode == ReadMode::Linearizable {
-        done.hrev = resp.header().map(|h| h.revision());
-    }
-    Ok(done)
+async fn read(client: etcd_client::Client, invoke: Op, mode: ReadMode) -> StepResult {
+    read_key_step(client, invoke, mode, |kv| parse_int(kv.value()).map_or(Value::Null, Value::from)).await
 }
 
 async fn write(mut client: etcd_client::Client, invoke: Op) -> StepResult {
