@@ -54,12 +54,17 @@ impl Lessor {
     }
 
     /// Called by the leader of `term` before it uses the clocks: the first
-    /// call in a term restarts every lease at its full TTL (etcd's Promote).
-    pub fn promote(&self, term: u64) {
+    /// call in a newer term restarts every lease at its full TTL (etcd's
+    /// Promote). Returns false when a later term was already promoted here:
+    /// this member's leadership of `term` is over, and its clocks belong to
+    /// the later term, so the caller must not renew or answer from them.
+    pub fn promote(&self, term: u64) -> bool {
         use std::sync::atomic::Ordering;
-        if self.promoted_term.swap(term, Ordering::AcqRel) != term {
+        let previous = self.promoted_term.fetch_max(term, Ordering::AcqRel);
+        if previous < term {
             self.refresh_all();
         }
+        previous <= term
     }
 
     /// Restarts every lease at its full TTL, as a new leader does.
@@ -136,11 +141,16 @@ mod tests {
         // Promotion restarts the clocks once per term.
         l.on_grant(3, 100);
         l.lock().get_mut(&3).unwrap().expiry = now;
-        l.promote(7);
+        assert!(l.promote(7));
         assert!(l.time_to_live(3).unwrap().0 > 98, "refreshed on the first promotion of term 7");
         l.lock().get_mut(&3).unwrap().expiry = now;
-        l.promote(7);
+        assert!(l.promote(7));
         assert_eq!(l.time_to_live(3).unwrap().0, 0, "not refreshed again within term 7");
+        // A stale leadership (term 6 after term 7) neither refreshes nor may use the clocks.
+        assert!(!l.promote(6));
+        assert_eq!(l.time_to_live(3).unwrap().0, 0, "a stale term does not refresh");
+        assert!(l.promote(8));
+        assert!(l.time_to_live(3).unwrap().0 > 98, "refreshed on the first promotion of term 8");
         l.on_revoke(3);
         assert_eq!(l.expired(now + Duration::from_secs(1000), 10), vec![2]);
     }

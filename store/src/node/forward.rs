@@ -179,7 +179,7 @@ impl Node {
     pub async fn linearize(&self) -> Result<(), StoreError> {
         self.with_leader(|target, limit| async move {
             match target {
-                Target::Me => self.linearize_here(limit).await.map_err(|e| match e {
+                Target::Me => self.linearize_here(limit).await.map(|_| ()).map_err(|e| match e {
                     StoreError::Stopped => AttemptError::Final(e),
                     e => AttemptError::Retry(e),
                 }),
@@ -195,12 +195,13 @@ impl Node {
     }
 
     /// Confirms leadership with a read-index round and waits until everything committed before
-    /// it is applied here (a new leader's previous-term entries included).
-    pub(crate) async fn linearize_here(&self, limit: Duration) -> Result<(), StoreError> {
+    /// it is applied here (a new leader's previous-term entries included); the term whose
+    /// leadership it confirmed.
+    pub(crate) async fn linearize_here(&self, limit: Duration) -> Result<u64, StoreError> {
         let ensure = self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex);
         match tokio::time::timeout(limit, ensure).await {
             Err(_) => Err(StoreError::Timeout),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(read)) => Ok(read.committed_leader_id().term),
             Ok(Err(RaftError::Fatal(_))) => Err(StoreError::Stopped),
             Ok(Err(RaftError::APIError(_))) => Err(StoreError::NotLeader),
         }
@@ -247,12 +248,21 @@ impl Node {
     /// partitioned) cannot renew in its own lessor while the real leader's clock runs out; and it
     /// waits until the read index is applied, so a new leader does not renew a lease whose
     /// expiry revoke from the previous term is already committed but not yet applied.
+    ///
+    /// The clocks are promoted with the term that was confirmed, never with whatever term the
+    /// member is in by then: a leader that stepped down during the round (a paused majority
+    /// resumed and elected someone else) would otherwise restart every lease as if it led the
+    /// new term, and renew a lease whose expiry revoke it had itself proposed.
     pub(crate) async fn lease_here(&self, id: i64, keep_alive: bool) -> Result<pb::LeaseReply, StoreError> {
-        if keep_alive {
-            self.linearize_here(self.config.request_timeout()).await?;
-        }
+        let term = if keep_alive {
+            self.linearize_here(self.config.request_timeout()).await?
+        } else {
+            self.leader_term().ok_or(StoreError::NotLeader)?
+        };
         let lessor = &self.shared.lessor;
-        lessor.promote(self.raft_term());
+        if self.leader_term() != Some(term) || !lessor.promote(term) {
+            return Err(StoreError::NotLeader);
+        }
         Ok(if keep_alive {
             let ttl = lessor.keep_alive(id);
             pb::LeaseReply { found: ttl.is_some(), ttl: ttl.unwrap_or(0), granted_ttl: ttl.unwrap_or(0) }

@@ -158,6 +158,14 @@ impl Node {
         self.raft.metrics().borrow_watched().current_leader == Some(self.member_id)
     }
 
+    /// The term this member leads, from one snapshot of the Raft metrics: a candidate or a
+    /// follower of a newer term has no term to lead, so its lessor clocks stay untouched.
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        (m.state == openraft::ServerState::Leader && m.current_leader == Some(self.member_id)).then_some(m.current_term)
+    }
+
     /// Whether `token` is this cluster's token.
     pub fn token_matches(&self, token: &str) -> bool {
         token == self.token
@@ -285,10 +293,10 @@ async fn run_lease_expiry(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        if !node.is_leader() {
+        let Some(term) = node.leader_term() else { continue };
+        if !node.shared.lessor.promote(term) {
             continue;
         }
-        node.shared.lessor.promote(node.raft_term());
         for id in node.shared.lessor.expired(Instant::now(), LEASE_REVOKES_PER_ROUND_MAX) {
             let op = Op::LeaseRevoke(raftlog::LeaseRevoke { ids: vec![id], expired: true });
             if let Err(e) = node.propose_as_leader(op).await {
