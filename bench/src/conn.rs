@@ -5,10 +5,26 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use etcd_client::{Client, ConnectOptions, StatusResponse};
+use etcd_client::{BalancedChannelBuilder, Channel, Client, ConnectOptions, StatusResponse};
 use futures::future::try_join_all;
+use tokio::sync::mpsc;
+use tonic::transport::Endpoint;
+use tonic::transport::channel::Change;
 
 use crate::opts::GlobalOpts;
+
+/// HTTP/2 stream window of every connection: bounds the bytes a watch stream can have
+/// buffered unread in this process (streams × this), while letting a busy stream run without
+/// waiting on window updates.
+pub const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+/// HTTP/2 connection window: the largest allowed. h2 (≥ 0.4.20) closes a connection with
+/// ENHANCE_YOUR_CALM once the framing overhead of unread small DATA frames exceeds half the
+/// connection window; a watch stream is thousands of ~100-byte frames, so with hyper's 5 MiB
+/// window 10,000 watchers on one connection killed it. Memory stays bounded by the stream
+/// windows, not by this.
+pub const CONNECTION_WINDOW_BYTES: u32 = (1 << 31) - 1;
+/// Endpoint changes queued between etcd-client and the channel (etcd-client asks for 64).
+const ENDPOINT_CHANGES_BUFFERED_MAX: usize = 64;
 
 /// The connections of a run.
 pub struct Pool {
@@ -66,7 +82,7 @@ pub async fn dial(endpoint: &str, timeout: Duration) -> Result<(Client, StatusRe
     let attempt = async {
         // etcd-client connects lazily and a request waits for a ready connection: the first
         // Status is what proves the endpoint is up, so the whole of it is bounded.
-        let mut client = Client::connect([endpoint], Some(options)).await?;
+        let mut client = Client::connect_with_balanced_channel([endpoint], Some(options), TunedChannel).await?;
         let status = client.status().await?;
         Ok::<_, etcd_client::Error>((client, status))
     };
@@ -74,6 +90,39 @@ pub async fn dial(endpoint: &str, timeout: Duration) -> Result<(Client, StatusRe
         .await
         .map_err(|_| anyhow!("{endpoint}: no answer within --dial-timeout {timeout:?}"))?
         .with_context(|| format!("{endpoint}: cannot connect"))
+}
+
+/// etcd-client's channel with the flow-control windows above: it forwards the endpoints
+/// etcd-client adds to a tonic balanced channel, setting the windows on the way (etcd-client's
+/// options have no knob for them).
+struct TunedChannel;
+
+impl BalancedChannelBuilder for TunedChannel {
+    type Error = tonic::transport::Error;
+
+    fn balanced_channel(
+        self,
+        buffer_size: usize,
+    ) -> Result<(Channel, mpsc::Sender<Change<http::Uri, Endpoint>>), Self::Error> {
+        let (channel, inner) = tonic::transport::Channel::balance_channel(buffer_size);
+        let (changes, mut incoming) = mpsc::channel(ENDPOINT_CHANGES_BUFFERED_MAX.max(buffer_size));
+        tokio::spawn(async move {
+            while let Some(change) = incoming.recv().await {
+                let change = match change {
+                    Change::Insert(uri, endpoint) => Change::Insert(uri, tune(endpoint)),
+                    other => other,
+                };
+                if inner.send(change).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok((Channel::Tonic(channel), changes))
+    }
+}
+
+fn tune(endpoint: Endpoint) -> Endpoint {
+    endpoint.initial_stream_window_size(STREAM_WINDOW_BYTES).initial_connection_window_size(CONNECTION_WINDOW_BYTES)
 }
 
 /// The endpoint of the member that is its own leader (etcd's `--target-leader`).

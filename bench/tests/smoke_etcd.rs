@@ -157,6 +157,20 @@ async fn watch_delivers_every_event_to_every_watcher() {
     assert_eq!((w.events_expected, w.events_delivered, w.missing_events), (400, 400, 0));
 }
 
+/// 10,000 watchers of one key on one connection: each put is 10,000 small DATA frames at once,
+/// which made h2 close the connection (ENHANCE_YOUR_CALM) with its default windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_watchers_share_one_connection() {
+    let Some(etcd) = Etcd::start().await else { return };
+    // Ten concurrent puts: up to 100,000 events in flight.
+    let opts = WatchOpts { streams: 100, watch_per_stream: 100, put_total: 20, ..Default::default() };
+    let report = bench::run(&etcd.global(1, 10), &Command::Watch(opts)).await.unwrap();
+    let w = report.watch.as_ref().unwrap();
+    assert!(w.stream_errors.is_empty(), "{:?}", w.stream_errors);
+    assert_eq!(w.watch_create.total_ops, 10_000);
+    assert_eq!((w.events_expected, w.events_delivered, w.missing_events), (200_000, 200_000, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_latency_times_every_receipt() {
     let Some(etcd) = Etcd::start().await else { return };
