@@ -283,6 +283,10 @@ pub struct WatchOpts {
     /// Value size of the puts (at least 8: a value carries its put's send time).
     #[arg(long, default_value_t = 8)]
     pub val_size: usize,
+    /// Give up waiting for watchers or events after this long without progress, and report
+    /// the missing events (not an etcd flag).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 impl Default for WatchOpts {
@@ -324,6 +328,10 @@ pub struct WatchLatencyOpts {
     /// Value size of the puts (at least 8: a value carries its put's send time).
     #[arg(long, default_value_t = 32)]
     pub val_size: usize,
+    /// Give up waiting for watchers or events after this long without progress, and report
+    /// the missing events (not an etcd flag).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 impl Default for WatchLatencyOpts {

@@ -217,7 +217,8 @@ pub struct WatchStats {
     pub events_expected: u64,
     /// Expected events received (at most `events_expected`).
     pub events_delivered: u64,
-    /// Expected events not received before the run gave up waiting.
+    /// Expected events not received before the run gave up waiting (a failed put's events
+    /// count here too: it may have been applied, so its events are awaited).
     pub missing_events: u64,
     /// Events beyond a watcher's expected count (another writer on the keys, or duplicates).
     pub unexpected_events: u64,

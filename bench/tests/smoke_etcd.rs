@@ -172,6 +172,27 @@ async fn ten_thousand_watchers_share_one_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_events_are_reported_missing_after_the_idle_timeout() {
+    let Some(etcd) = Etcd::start().await else { return };
+    // Puts over etcd's request limit all fail, so the watchers wait for events that never come.
+    let opts = WatchOpts {
+        streams: 2,
+        watch_per_stream: 3,
+        put_total: 4,
+        val_size: 1536 * 1024,
+        idle_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let began = Instant::now();
+    let report = bench::run(&etcd.global(1, 1), &Command::Watch(opts)).await.unwrap();
+    assert!(began.elapsed() < Duration::from_secs(10), "took {:?}", began.elapsed());
+    assert_eq!((report.summary.total_ops, report.summary.errors), (4, 4));
+    let w = report.watch.as_ref().unwrap();
+    assert_eq!((w.events_expected, w.events_delivered, w.missing_events), (24, 0, 24));
+    assert!(report.to_string().contains("Events missing:\t24"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_latency_times_every_receipt() {
     let Some(etcd) = Etcd::start().await else { return };
     let opts = WatchLatencyOpts {

@@ -27,9 +27,6 @@ use stream::{Shared, StreamOutcome, WatcherSpec, stamped_value};
 pub const STAMP_BYTES: usize = 8;
 /// Shortest random tag in the watched keys: keeps concurrent runs' keys apart.
 const TAG_BYTES_MIN: usize = 4;
-/// Give up on watch creation or event delivery after this long without any progress, and
-/// report what is missing instead of hanging.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a phase wait looks at the progress counters.
 const CHECK_PERIOD: Duration = Duration::from_millis(100);
 
@@ -60,6 +57,8 @@ pub struct Plan {
     pub key_size: usize,
     pub val_size: usize,
     pub prev_kv: bool,
+    /// Give up on creation or delivery after this long without progress.
+    pub idle_timeout: Duration,
 }
 
 impl From<&WatchOpts> for Plan {
@@ -74,6 +73,7 @@ impl From<&WatchOpts> for Plan {
             key_size: o.key_size,
             val_size: o.val_size,
             prev_kv: false,
+            idle_timeout: o.idle_timeout,
         }
     }
 }
@@ -90,6 +90,7 @@ impl From<&WatchLatencyOpts> for Plan {
             key_size: o.key_size,
             val_size: o.val_size,
             prev_kv: o.prevkv,
+            idle_timeout: o.idle_timeout,
         }
     }
 }
@@ -195,7 +196,7 @@ pub async fn run(pool: &Pool, plan: &Plan, clients: usize, progress: bool) -> Re
 }
 
 /// Waits for every stream to announce its watchers created; fails on a stream's error or when
-/// creation stalls for `IDLE_TIMEOUT`.
+/// creation stalls for the plan's idle timeout.
 async fn wait_created(
     ready: &mut mpsc::Receiver<Result<(), String>>,
     plan: &Plan,
@@ -203,7 +204,7 @@ async fn wait_created(
     progress: bool,
 ) -> Result<()> {
     let bar = Progress::start("watchers", plan.watchers(), shared.created.clone(), progress);
-    let mut stall = Stall::new(shared.created.load(Ordering::Relaxed));
+    let mut stall = Stall::new(shared.created.load(Ordering::Relaxed), plan.idle_timeout);
     let mut ready_streams = 0;
     while ready_streams < plan.streams {
         match tokio::time::timeout(CHECK_PERIOD, ready.recv()).await {
@@ -222,7 +223,7 @@ async fn wait_created(
     Ok(())
 }
 
-/// Waits until every stream has all its events, or delivery stalls for `IDLE_TIMEOUT` (then
+/// Waits until every stream has all its events, or delivery stalls for the idle timeout (then
 /// the streams are stopped and what they lack is reported as missing).
 async fn wait_delivered(
     tasks: Vec<JoinHandle<StreamOutcome>>,
@@ -234,7 +235,7 @@ async fn wait_delivered(
     let bar = Progress::start("events", plan.events_expected(), shared.delivered.clone(), progress);
     let mut pending: FuturesUnordered<_> = tasks.into_iter().collect();
     let mut outcomes = Vec::with_capacity(pending.len());
-    let mut stall = Stall::new(shared.delivered.load(Ordering::Relaxed));
+    let mut stall = Stall::new(shared.delivered.load(Ordering::Relaxed), plan.idle_timeout);
     loop {
         match tokio::time::timeout(CHECK_PERIOD, pending.next()).await {
             Ok(Some(joined)) => outcomes.push(joined.context("a watch stream task panicked")?),
@@ -253,22 +254,23 @@ async fn wait_delivered(
     Ok(outcomes)
 }
 
-/// Notices a counter that has not moved for `IDLE_TIMEOUT`.
+/// Notices a counter that has not moved for `idle`.
 struct Stall {
     last: u64,
     since: Instant,
+    idle: Duration,
 }
 
 impl Stall {
-    fn new(value: u64) -> Self {
-        Stall { last: value, since: Instant::now() }
+    fn new(value: u64, idle: Duration) -> Self {
+        Stall { last: value, since: Instant::now(), idle }
     }
 
     fn stalled(&mut self, value: u64) -> bool {
         if value != self.last {
-            *self = Stall::new(value);
+            *self = Stall::new(value, self.idle);
         }
-        self.since.elapsed() >= IDLE_TIMEOUT
+        self.since.elapsed() >= self.idle
     }
 }
 
@@ -344,6 +346,17 @@ mod tests {
         assert_eq!(layout.watcher(&p, 151).key, layout.keys[1]);
         let prefixed = Plan { prefix: true, ..p.clone() };
         assert_eq!(layout.watcher(&prefixed, 151).key, layout.tag);
+    }
+
+    #[test]
+    fn a_moving_counter_is_not_stalled() {
+        let mut stall = Stall::new(0, Duration::ZERO);
+        assert!(stall.stalled(0), "a zero idle time is over at once");
+        let mut stall = Stall::new(0, Duration::from_secs(3600));
+        assert!(!stall.stalled(0));
+        stall.since -= Duration::from_secs(3600);
+        assert!(stall.stalled(0), "an hour without progress");
+        assert!(!stall.stalled(1), "progress restarts the clock");
     }
 
     #[test]
