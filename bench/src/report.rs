@@ -146,11 +146,25 @@ impl Recorder {
         bounds.push(slowest);
         let mut counts = vec![0u64; bounds.len()];
         for value in self.hist.iter_recorded() {
-            let us = value.value_iterated_to().clamp(self.min_us, self.max_us) as f64;
+            let us = self.representative_us(value.value_iterated_to()) as f64;
             let row = bounds.iter().position(|&b| us <= b).unwrap_or(bounds.len() - 1);
             counts[row] += value.count_at_value();
         }
         bounds.into_iter().zip(counts).map(|(b, count)| Bucket { le_ms: b / 1000.0, count }).collect()
+    }
+}
+
+impl Recorder {
+    /// One value standing for an HDR bucket: the exact fastest or slowest op for their buckets
+    /// (so they land in the first and last rows, as in etcd's), else the bucket's middle.
+    fn representative_us(&self, bucket_top_us: u64) -> u64 {
+        if self.hist.equivalent(bucket_top_us, self.min_us) {
+            self.min_us
+        } else if self.hist.equivalent(bucket_top_us, self.max_us) {
+            self.max_us
+        } else {
+            self.hist.median_equivalent(bucket_top_us).clamp(self.min_us, self.max_us)
+        }
     }
 }
 
@@ -470,6 +484,19 @@ mod tests {
         for b in &s.histogram[1..] {
             assert!((95..=105).contains(&b.count), "{b:?}");
         }
+    }
+
+    #[test]
+    fn fastest_and_slowest_land_in_the_first_and_last_rows() {
+        // Above 2048 µs HDR buckets are wider than 1 µs: the extremes share them with others.
+        let mut r = Recorder::new();
+        for us in [8_300, 9_000, 20_000, 54_200] {
+            r.record(Duration::from_micros(us));
+        }
+        let h = r.summarize(Duration::from_secs(1)).histogram;
+        assert_eq!((h[0].le_ms, h[0].count), (8.3, 1), "{h:?}");
+        assert_eq!((h[10].le_ms, h[10].count), (54.2, 1), "{h:?}");
+        assert_eq!(h.iter().map(|b| b.count).sum::<u64>(), 4);
     }
 
     #[test]
