@@ -1,0 +1,37 @@
+//! The `bench` binary: parses etcd `benchmark`'s command line, runs one benchmark and prints
+//! its report (text, or JSON with `--json`) on stdout. Exit code 0 when the run completed (failed
+//! ops are in the report), 1 when it could not run (bad options, unreachable endpoints).
+
+use std::process::ExitCode;
+
+use bench::Cli;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench::run(&cli.global, &cli.command)) {
+        Ok(report) if cli.global.json => {
+            println!("{}", report.to_json());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
