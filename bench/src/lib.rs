@@ -10,7 +10,9 @@
 //! - `keys`: etcd's key and value layout.
 //! - `progress`: the progress bar.
 //! - `report`: HDR latencies → summary structs → etcd's text or JSON.
+//! - `compare`: etcd and geobuk clusters side by side, the suite, RESULTS.md and its chart.
 
+pub mod compare;
 pub mod conn;
 pub mod drive;
 pub mod keys;
@@ -45,6 +47,7 @@ pub async fn run(global: &GlobalOpts, command: &Command) -> Result<Report> {
         Command::Range(o) => (range::run(&pool, o, clients, bar).await?, None),
         Command::TxnPut(o) => (txn::run(&pool, o, clients, bar).await?, None),
         Command::LeaseKeepalive(o) => (lease::run(&pool, o.total, clients, bar).await?, None),
+        Command::Compare(_) => anyhow::bail!("compare starts its own clusters: call compare::run"),
         Command::Watch(o) => {
             let (puts, stats) = watch::run(&pool, &watch::Plan::from(o), clients, bar).await?;
             (puts, Some(stats))

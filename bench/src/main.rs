@@ -20,6 +20,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let bench::Command::Compare(opts) = &cli.command {
+        return match runtime.block_on(bench::compare::run(opts)) {
+            Ok(_) => {
+                println!("results in {}", opts.out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("bench compare: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(bench::run(&cli.global, &cli.command)) {
         Ok(report) if cli.global.json => {
             println!("{}", report.to_json());

@@ -105,6 +105,9 @@ pub enum Command {
     WatchLatency(WatchLatencyOpts),
     /// Benchmark lease keep-alive round trips.
     LeaseKeepalive(LeaseKeepaliveOpts),
+    /// Start a three-member etcd and a three-member geobuk in turn, run the suite against
+    /// each, and write the side-by-side results (RESULTS.md, JSON, SVG chart).
+    Compare(crate::compare::CompareOpts),
 }
 
 impl Command {
@@ -117,6 +120,7 @@ impl Command {
             Command::Watch(_) => "watch",
             Command::WatchLatency(_) => "watch-latency",
             Command::LeaseKeepalive(_) => "lease-keepalive",
+            Command::Compare(_) => "compare",
         }
     }
 
@@ -128,6 +132,7 @@ impl Command {
             Command::Watch(o) => o.validate(),
             Command::WatchLatency(o) => o.validate(),
             Command::LeaseKeepalive(o) => in_range("--total", o.total, 1, u64::MAX),
+            Command::Compare(_) => Ok(()),
         }
     }
 }

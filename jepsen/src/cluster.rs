@@ -54,6 +54,9 @@ pub struct ClusterSpec {
     pub faketime: bool,
     /// Extra flags for every member.
     pub extra_args: Vec<String>,
+    /// Route every directed peer link through a proxy the nemesis controls (geobuk only).
+    /// Benchmarks turn it off: a proxy adds a copy and a hop to every Raft message.
+    pub proxied: bool,
 }
 
 /// One member slot.
@@ -143,7 +146,10 @@ impl Cluster {
         }
         let initial = members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
         let mut proxies = BTreeMap::new();
-        for from in 0..members.len() {
+        for member in &mut members {
+            member.initial_cluster = initial.clone();
+        }
+        for from in (0..members.len()).filter(|_| spec.proxied && spec.db == Db::Geobuk) {
             let mut overrides = Vec::new();
             for (to, peer) in members.iter().enumerate().filter(|(to, _)| *to != from) {
                 let target: SocketAddr = format!("127.0.0.1:{}", peer.peer_port).parse()?;
@@ -152,7 +158,6 @@ impl Cluster {
                 proxies.insert((from, to), proxy);
             }
             members[from].dial_overrides = overrides.join(",");
-            members[from].initial_cluster = initial.clone();
         }
         let mut cluster = Cluster { spec, members, proxies };
         for i in 0..cluster.members.len() {
@@ -188,7 +193,10 @@ impl Cluster {
         let mut cmd = Command::new(&spec.bin);
         match spec.db {
             Db::Geobuk => {
-                cmd.arg("store").arg("--experimental-peer-dial-overrides").arg(&member.dial_overrides);
+                cmd.arg("store");
+                if !member.dial_overrides.is_empty() {
+                    cmd.arg("--experimental-peer-dial-overrides").arg(&member.dial_overrides);
+                }
             }
             Db::Etcd => {
                 cmd.args(["--logger", "zap", "--log-outputs", "stderr"]);
@@ -250,7 +258,7 @@ impl Cluster {
 
     /// Whether partitions can be made (the members dial each other through the proxies).
     pub fn can_partition(&self) -> bool {
-        self.spec.db == Db::Geobuk
+        !self.proxies.is_empty()
     }
 
     /// Blackholes (cut = true) or heals both directions of the directed link `from` → `to`.
@@ -370,6 +378,28 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// The geobuk binary next to the running one, built first with `cargo build [--release] --bin
+/// geobuk` when run through cargo (so a harness run always tests the current source).
+pub fn build_geobuk() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("current exe")?;
+    let dir = exe.parent().context("exe dir")?.to_path_buf();
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(root).args(["build", "--bin", "geobuk"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().context("run cargo build --bin geobuk")?;
+        ensure!(status.success(), "cargo build --bin geobuk failed: {status}");
+    }
+    let bin = dir.join("geobuk");
+    if !bin.exists() {
+        bail!("{} not found: build it with `cargo build --release --bin geobuk` or pass --geobuk-bin", bin.display());
+    }
+    Ok(bin)
 }
 
 fn signal(pid: u32, sig: libc::c_int) -> Result<()> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::json;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -225,7 +225,7 @@ async fn start_cluster(opts: &TestOpts, out: &Path, faketime: bool) -> Result<Ar
     let bin = match (&opts.geobuk_bin, opts.db) {
         (_, Db::Etcd) => PathBuf::from(ETCD_BIN),
         (Some(b), Db::Geobuk) => b.clone(),
-        (None, Db::Geobuk) => build_geobuk()?,
+        (None, Db::Geobuk) => crate::cluster::build_geobuk()?,
     };
     let mut last = anyhow::anyhow!("no attempt");
     for attempt in 0..3 {
@@ -240,6 +240,7 @@ async fn start_cluster(opts: &TestOpts, out: &Path, faketime: bool) -> Result<Ar
             snapshot_count: 10_000,
             faketime,
             extra_args: Vec::new(),
+            proxied: true,
         };
         match Cluster::start(spec).await {
             Ok(c) => return Ok(Arc::new(Mutex::new(c))),
@@ -247,27 +248,6 @@ async fn start_cluster(opts: &TestOpts, out: &Path, faketime: bool) -> Result<Ar
         }
     }
     Err(last.context("cluster start failed 3 times"))
-}
-
-/// `cargo build --release --bin geobuk` when run through cargo; the binary next to this one.
-fn build_geobuk() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("current exe")?;
-    let dir = exe.parent().context("exe dir")?.to_path_buf();
-    if let Ok(cargo) = std::env::var("CARGO") {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.current_dir(root).args(["build", "--bin", "geobuk"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().context("run cargo build --bin geobuk")?;
-        ensure!(status.success(), "cargo build --bin geobuk failed: {status}");
-    }
-    let bin = dir.join("geobuk");
-    if !bin.exists() {
-        bail!("{} not found: build it with `cargo build --release --bin geobuk` or pass --geobuk-bin", bin.display());
-    }
-    Ok(bin)
 }
 
 /// Runs the workers, the nemesis and the progress display until the time limit.

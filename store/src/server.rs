@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::StoreConfig;
 use crate::http::GrpcMetricsLayer;
@@ -76,6 +76,14 @@ pub async fn run(
     result
 }
 
+/// Accepted connections from every listener, with Nagle's algorithm off. tonic's
+/// `Server::tcp_nodelay` applies only to listeners it binds itself; on ours, a response written
+/// behind an unacknowledged one waited for the peer's delayed ACK (up to 40 ms), which capped a
+/// connection with many concurrent requests at a few thousand requests per second.
+fn accept_nodelay(listeners: Vec<TcpListener>) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::select_all(listeners.into_iter().map(|l| TcpIncoming::from(l).with_nodelay(Some(true))))
+}
+
 /// Serves the peer protocol until `shutdown` resolves.
 pub async fn serve_peers(
     node: Arc<Node>,
@@ -84,18 +92,14 @@ pub async fn serve_peers(
 ) -> Result<(), ServeError> {
     let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     tracing::info!(?addrs, "serving peer requests");
-    let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new));
+    let incoming = accept_nodelay(listeners);
     let service = PeerServer::new(PeerService::new(node))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let grace = async move {
         shutdown.await;
     };
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, grace)
-        .await?;
+    tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, grace).await?;
     Ok(())
 }
 
@@ -140,7 +144,7 @@ pub async fn serve(
     health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let metrics_addrs: Vec<_> = metrics_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-    let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new));
+    let incoming = accept_nodelay(listeners);
     tracing::info!(?addrs, ?metrics_addrs, member_id = format!("{:x}", node.member_id), "serving client requests");
 
     // Long-lived streams (watch, keep-alive) would hold a graceful shutdown
@@ -182,7 +186,7 @@ pub async fn serve(
             .accept_http1(true)
             .concurrency_limit_per_connection(crate::limits::CONCURRENT_REQUESTS_MAX)
             .add_routes(crate::http::router(node.clone()).into())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped())
+            .serve_with_incoming_shutdown(accept_nodelay(vec![listener]), stopped())
     });
     let servers = futures::future::try_join(client, futures::future::try_join_all(metrics_servers));
     tokio::select! {
@@ -190,4 +194,21 @@ pub async fn serve(
         _ = stopping => tracing::info!("closing connections still open after the shutdown grace period"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Box::pin(accept_nodelay(vec![listener]));
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap(), "an accepted client or peer connection still runs Nagle's algorithm");
+    }
 }

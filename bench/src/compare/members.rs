@@ -1,0 +1,104 @@
+//! Resource use of the member processes during one row: peak RSS (VmHWM, reset before the row
+//! through /proc/PID/clear_refs) and CPU seconds (utime + stime from /proc/PID/stat), so the
+//! results file can set each system's throughput against what it cost.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ is 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds a process has used so far.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("read stat of {pid}"))?;
+    parse_cpu_seconds(&stat).with_context(|| format!("parse /proc/{pid}/stat"))
+}
+
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) may contain spaces; fields after its closing ')' are fixed.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after "state".
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
+/// The process's peak resident set size since start or the last `reset_peak_rss`, in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("read status of {pid}"))?;
+    parse_kib_field(&status, "VmHWM:").map(|kib| kib * 1024).with_context(|| format!("no VmHWM for {pid}"))
+}
+
+fn parse_kib_field(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Resets the peak RSS to the current RSS (Linux ≥ 4.0: writing 5 to clear_refs).
+pub fn reset_peak_rss(pid: u32) -> Result<()> {
+    let path = format!("/proc/{pid}/clear_refs");
+    std::fs::write(Path::new(&path), "5").with_context(|| format!("write {path}"))
+}
+
+/// A row's view of the members: CPU seconds at the start, for the difference at the end.
+pub struct Sample {
+    pids: Vec<u32>,
+    cpu_start: Vec<f64>,
+}
+
+/// What the members used during a row.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Usage {
+    /// CPU seconds of all members together.
+    pub cpu_seconds: f64,
+    /// The largest member's peak RSS, in bytes.
+    pub peak_rss_bytes: u64,
+}
+
+impl Sample {
+    /// Starts a sample: resets each member's peak RSS and reads its CPU time.
+    pub fn start(pids: Vec<u32>) -> Result<Sample> {
+        let mut cpu_start = Vec::new();
+        for &pid in &pids {
+            reset_peak_rss(pid)?;
+            cpu_start.push(cpu_seconds(pid)?);
+        }
+        Ok(Sample { pids, cpu_start })
+    }
+
+    pub fn finish(&self) -> Result<Usage> {
+        let mut usage = Usage::default();
+        for (&pid, start) in self.pids.iter().zip(&self.cpu_start) {
+            usage.cpu_seconds += cpu_seconds(pid)? - start;
+            usage.peak_rss_bytes = usage.peak_rss_bytes.max(peak_rss_bytes(pid)?);
+        }
+        Ok(usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cpu_time_after_a_command_with_spaces() {
+        let stat = "4242 (my (weird) cmd) S 1 2 3 4 5 6 7 8 9 10 250 150 0 0 20 0 1 0 100 2000 300";
+        assert_eq!(parse_cpu_seconds(stat), Some(4.0));
+        assert_eq!(parse_cpu_seconds("garbage"), None);
+    }
+
+    #[test]
+    fn measures_this_process() {
+        let pid = std::process::id();
+        // Touch 64 MiB so the peak is visibly above zero, then check it is reported.
+        let block = vec![1u8; 64 << 20];
+        let peak = peak_rss_bytes(pid).unwrap();
+        assert!(peak >= 64 << 20, "peak RSS {peak} below the 64 MiB just touched");
+        drop(block);
+        assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        assert_eq!(parse_kib_field("VmHWM:\t  1234 kB\n", "VmHWM:"), Some(1234));
+    }
+}

@@ -1,0 +1,125 @@
+//! Smoke runs of the `bench` load generator against geobuk (issue 5: CI proves every subcommand
+//! and the compare command work; the performance targets live in bench/RESULTS.md, never in a
+//! timed test). Every subcommand runs in-process against a one-member store with tiny totals,
+//! and `compare` runs its whole suite, scaled down, against three-member etcd and geobuk clusters.
+
+mod common;
+
+use anyhow::Result;
+use bench::compare::{CompareOpts, System};
+use bench::{Command, GlobalOpts, LeaseKeepaliveOpts, PutOpts, RangeOpts, TxnPutOpts, WatchLatencyOpts, WatchOpts};
+use common::TestServer;
+use etcd_client::{GetOptions, LeaseLeasesResponse};
+
+fn global(server: &TestServer, conns: usize, clients: usize) -> GlobalOpts {
+    let endpoint = server.endpoint();
+    GlobalOpts { conns, clients, ..GlobalOpts::new(&[endpoint.as_str()]) }
+}
+
+fn assert_clean(report: &bench::Report, ops: u64) {
+    assert_eq!(report.summary.total_ops, ops, "{report:#?}");
+    assert_eq!(report.summary.errors, 0, "{:?}", report.summary.error_counts);
+    assert!(report.summary.ops_per_sec > 0.0);
+}
+
+fn assert_delivered(report: &bench::Report, expected: u64) {
+    let w = report.watch.as_ref().expect("watch stats");
+    assert!(w.stream_errors.is_empty(), "{:?}", w.stream_errors);
+    assert_eq!((w.events_expected, w.events_delivered, w.missing_events), (expected, expected, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subcommand_runs_against_a_one_member_store() -> Result<()> {
+    let server = TestServer::start().await?;
+    let mut client = common::connect(&server.endpoint()).await?;
+
+    let put = PutOpts { total: 200, key_space_size: 200, sequential_keys: true, val_size: 256, ..Default::default() };
+    let report = bench::run(&GlobalOpts { target_leader: true, ..global(&server, 2, 8) }, &Command::Put(put)).await?;
+    assert_clean(&report, 200);
+    for i in [0, 57, 199] {
+        let got = client.get(bench::keys::key(i, 8), None).await?;
+        assert_eq!(got.kvs().first().map(|kv| kv.value().len()), Some(256), "key {i}");
+    }
+    let all = client.get(vec![0u8], Some(GetOptions::new().with_from_key().with_count_only())).await?;
+    assert_eq!(all.count(), 200);
+
+    let before = common::current_revision(&mut client).await?;
+    let txn = TxnPutOpts { total: 40, txn_ops: 3, key_space_size: 20, ..Default::default() };
+    assert_clean(&bench::run(&global(&server, 1, 4), &Command::TxnPut(txn)).await?, 40);
+    assert_eq!(common::current_revision(&mut client).await? - before, 40, "one revision per txn");
+
+    client.put("bench-range", "v", None).await?;
+    for consistency in [bench::Consistency::Linearizable, bench::Consistency::Serializable] {
+        let range = RangeOpts { total: 200, consistency, ..RangeOpts::new("bench-range") };
+        assert_clean(&bench::run(&global(&server, 2, 10), &Command::Range(range)).await?, 200);
+    }
+
+    let watch = WatchOpts { streams: 4, watch_per_stream: 5, put_total: 30, ..Default::default() };
+    let report = bench::run(&global(&server, 2, 2), &Command::Watch(watch)).await?;
+    assert_clean(&report, 30);
+    assert_delivered(&report, 600);
+    let many = WatchOpts { streams: 10, watch_per_stream: 100, put_total: 10, prefix: true, ..Default::default() };
+    assert_delivered(&bench::run(&global(&server, 1, 2), &Command::Watch(many)).await?, 10_000);
+    let latency = WatchLatencyOpts {
+        streams: 2,
+        watchers_per_stream: 5,
+        put_total: 20,
+        put_rate: 200,
+        prevkv: true,
+        ..Default::default()
+    };
+    assert_delivered(&bench::run(&global(&server, 1, 1), &Command::WatchLatency(latency)).await?, 200);
+
+    let leases = LeaseKeepaliveOpts { total: 100 };
+    assert_clean(&bench::run(&global(&server, 1, 4), &Command::LeaseKeepalive(leases)).await?, 100);
+    let left: LeaseLeasesResponse = client.leases().await?;
+    assert!(left.leases().is_empty(), "lease-keepalive left {} leases", left.leases().len());
+    Ok(())
+}
+
+/// The compare command end to end at a tiny scale: both clusters start, every row runs on each,
+/// and the results file, its JSON and its chart are written with figures on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_writes_both_systems_side_by_side() -> Result<()> {
+    if common::skip_on_etcd("compare starts its own clusters of both systems") {
+        return Ok(());
+    }
+    if !std::path::Path::new(jepsen::cluster::ETCD_BIN).exists() {
+        eprintln!("skipping: {} is not installed", jepsen::cluster::ETCD_BIN);
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let opts = CompareOpts {
+        systems: vec![System::Etcd, System::Geobuk],
+        geobuk_bin: Some(env!("CARGO_BIN_EXE_geobuk").into()),
+        etcd_bin: jepsen::cluster::ETCD_BIN.into(),
+        work_dir: dir.path().join("members"),
+        out: dir.path().join("RESULTS.md"),
+        scale: 0.001,
+        load_keys: 200,
+        rows: Vec::new(),
+    };
+    let comparison = bench::compare::run(&opts).await?;
+    assert_eq!(comparison.rows.len(), 9);
+    assert_eq!(comparison.measured.len(), 18);
+    for m in &comparison.measured {
+        let report = m.report.as_ref().unwrap_or_else(|| panic!("{} {}: {:?}", m.system.name(), m.row, m.error));
+        assert_eq!(report.summary.errors, 0, "{} {}: {:?}", m.system.name(), m.row, report.summary.error_counts);
+        assert!(m.usage.peak_rss_bytes > 0 && m.usage.cpu_seconds >= 0.0);
+        if let Some(w) = &report.watch {
+            assert_eq!(w.missing_events, 0, "{} {}", m.system.name(), m.row);
+        }
+    }
+    let md = std::fs::read_to_string(&opts.out)?;
+    let table: Vec<&str> = md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| row")).collect();
+    assert_eq!(table.len(), 9, "{md}");
+    for line in &table {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert!(cells[3].parse::<f64>().is_ok() && cells[4].parse::<f64>().is_ok(), "no figure on a side: {line}");
+    }
+    assert!(md.contains("etcd Version: 3.4"), "{md}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(opts.out.with_extension("json"))?)?;
+    assert_eq!(json["measured"].as_array().map(Vec::len), Some(18));
+    assert!(std::fs::read_to_string(opts.out.with_extension("svg"))?.contains("put-100"));
+    Ok(())
+}
