@@ -70,13 +70,17 @@ impl Hub {
             return Ok(()); // canceled next round
         }
         let (events, upto) = read_history(&view, from)?;
-        self.deliver(&events, upto);
+        self.deliver(&events, from, upto);
         Ok(())
     }
 
-    /// Sends each unsynced watcher its events from `events` (revisions up to
+    /// Sends each unsynced watcher its events from `events` (revisions `from` to
     /// `upto`) and promotes those that reached the published revision.
-    fn deliver(&self, events: &[Event], upto: i64) {
+    ///
+    /// A watcher whose next revision is below `from` was demoted after `from` was chosen: the
+    /// batch does not cover its start, and handing it the batch would skip the revisions in
+    /// between. It waits for the next round.
+    fn deliver(&self, events: &[Event], from: i64, upto: i64) {
         let full: Vec<_> = events.iter().map(|e| to_pb(e, true)).collect();
         let bare: Vec<_> = events.iter().map(|e| to_pb(e, false)).collect();
         let mut st = self.lock();
@@ -84,6 +88,9 @@ impl Hub {
         let mut promote = Vec::new();
         let mut closed = Vec::new();
         for (key, w) in st.unsynced.iter_mut() {
+            if w.next_rev < from {
+                continue;
+            }
             if w.next_rev > upto || w.sink.capacity() == 0 {
                 if w.next_rev > current {
                     promote.push(*key);
