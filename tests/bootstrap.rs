@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use common::cluster::{ClusterOpts, EXIT_TIMEOUT, TestCluster, hex_id, serial};
-use common::{is_etcd, skip_on_etcd};
+use common::{is_etcd, skip_on_etcd, within};
 use etcd_client::GetOptions;
 
 /// The member log with JSON string escapes undone (etcd logs as JSON: `\"name\"`).
@@ -68,6 +68,19 @@ async fn wiped_member_bootstrapping_anew_is_refused() -> Result<()> {
     let leader = cluster.leader().await?;
     let wiped = cluster.live_except(leader)[0];
     let wiped_id = cluster.member_id(wiped);
+    // The refusal rests on the peers having seen the member publish its client URLs (etcd's
+    // isMemberBootstrapped); a member killed before that is indistinguishable from a new one.
+    let mut client = cluster.client(leader).await?;
+    within("the member publishes its client URLs", async {
+        loop {
+            let list = client.member_list().await?;
+            if list.members().iter().any(|m| m.id() == wiped_id && !m.client_urls().is_empty()) {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await??;
     cluster.kill9(wiped)?;
     cluster.wipe(wiped)?;
 

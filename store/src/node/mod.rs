@@ -237,6 +237,12 @@ fn raft_config(config: &StoreConfig) -> Result<Arc<openraft::Config>, StartError
         // etcd 3.5+ default: a member back from a pause or partition does not
         // depose a healthy leader by campaigning with a higher term.
         enable_pre_vote: Some(true),
+        // A follower whose data dir was wiped and which bootstrapped anew (its refusal needs a
+        // peer that saw it publish) answers the leader with a log shorter than it had acked.
+        // openraft's default treats that as a bug and panics the leader's RaftCore, which takes
+        // the whole cluster's leader down; etcd's leader just walks the follower's next index
+        // back. Allowed, the leader re-replicates to it.
+        allow_log_reversion: Some(true),
         ..Default::default()
     };
     Ok(Arc::new(raft_config.validate().map_err(|e| StartError::Raft(e.to_string()))?))
