@@ -12,6 +12,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -144,7 +146,14 @@ pub async fn serve(
     health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let metrics_addrs: Vec<_> = metrics_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-    let incoming = accept_nodelay(listeners);
+    // The listeners are bound (connections queue in the backlog); accepting starts once the
+    // member is published, as etcd serves its clients only after ReadyNotify.
+    let ready = node.clone();
+    let incoming = futures::stream::once(async move {
+        ready.wait_published().await;
+        accept_nodelay(listeners)
+    })
+    .flatten();
     tracing::info!(?addrs, ?metrics_addrs, member_id = format!("{:x}", node.member_id), "serving client requests");
 
     // Long-lived streams (watch, keep-alive) would hold a graceful shutdown

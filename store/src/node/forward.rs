@@ -305,6 +305,7 @@ pub(crate) async fn run_publish(node: Arc<Node>, mut stop: watch::Receiver<bool>
     loop {
         if node.published_attributes(node.member_id).as_ref() == Some(&attrs) {
             tracing::info!(name = %attrs.name, client_urls = ?attrs.client_urls, "published member attributes");
+            node.mark_published();
             return;
         }
         if let Err(e) = node.propose(Op::Publish(attrs.clone())).await {

@@ -85,6 +85,9 @@ pub struct Node {
     pub metrics: Arc<crate::metrics::Metrics>,
     shutdown: watch::Sender<bool>,
     compaction_done: watch::Sender<i64>,
+    /// True once this member's name and client URLs are applied (etcd's ReadyNotify): client
+    /// requests are served only from then on.
+    published: watch::Sender<bool>,
 }
 
 impl Node {
@@ -132,6 +135,7 @@ impl Node {
             token,
             shutdown: watch::channel(false).0,
             compaction_done: watch::channel(0).0,
+            published: watch::channel(false).0,
         });
         node.spawn_background();
         Ok(node)
@@ -151,6 +155,17 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+    }
+
+    /// Waits until this member's attributes are published (etcd serves clients only then, so a
+    /// member that answers a client is always in the member list with its client URLs).
+    pub async fn wait_published(&self) {
+        let mut published = self.published.subscribe();
+        let _ = published.wait_for(|p| *p).await;
+    }
+
+    pub(crate) fn mark_published(&self) {
+        self.published.send_replace(true);
     }
 
     /// Whether this member currently leads.
