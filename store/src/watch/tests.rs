@@ -150,7 +150,7 @@ fn concurrent_publish_and_catch_up_lose_nothing() {
         round += 1;
         // Streams drain at different paces, so their watchers are demoted at different times.
         for (s, rx) in receivers.iter_mut().enumerate() {
-            if round % (s as u64 + 1) != 0 {
+            if !round.is_multiple_of(s as u64 + 1) {
                 continue;
             }
             while let Ok(item) = rx.try_recv() {
