@@ -115,9 +115,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// Feeds every leader change Raft reports into the metrics
-/// (etcd_server_leader_changes_seen_total). Ends when Raft stops.
+/// (etcd_server_leader_changes_seen_total). Ends when Raft stops. Subscribes to the server
+/// metrics, which change with the leader or membership only: the full metrics are sent on
+/// every turn of Raft's loop, i.e. several times per write.
 fn watch_leader(node: &Node) -> AbortOnDrop {
-    let mut rx = node.raft.metrics();
+    let mut rx = node.raft.server_metrics();
     let metrics = node.metrics.clone();
     AbortOnDrop(tokio::spawn(async move {
         loop {

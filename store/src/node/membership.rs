@@ -18,7 +18,7 @@ use crate::error::StoreError;
 use crate::proto::etcdserverpb as epb;
 use crate::proto::peerpb::{self as pb, member_change::Change};
 use crate::proto::raftlog;
-use crate::raft::types::MemberInfo;
+use crate::raft::types::{MemberInfo, StoredMembership};
 
 /// etcd promotes a learner only once it has this share of the leader's log.
 const LEARNER_READY_PERCENT: u64 = 90;
@@ -160,20 +160,22 @@ impl Node {
     /// Resolves once this member has been removed from the cluster (it was a
     /// member, and an applied membership no longer lists it); etcd then stops.
     pub async fn removed(&self) {
-        let mut metrics = self.raft.metrics();
+        // The server metrics change with the membership (not with every write, as the full
+        // metrics do).
+        let mut metrics = self.raft.server_metrics();
         let mut was_member = false;
         loop {
-            // Only an applied (so committed) membership counts: a leader removing itself must
-            // stay until the final configuration is committed, or the survivors are left in the
-            // joint configuration that still lists it (found by the jepsen member nemesis).
-            let (listed, applied) = {
+            // Only a committed membership counts: a leader removing itself must stay until the
+            // final configuration is committed, or the survivors are left in the joint
+            // configuration that still lists it (found by the jepsen member nemesis).
+            let (listed, committed_listed) = {
                 let m = metrics.borrow_watched();
-                let config = &m.membership_config;
-                (config.membership().get_node(&self.member_id).is_some(), config.log_id() <= &m.last_applied)
+                let lists = |c: &StoredMembership| c.membership().get_node(&self.member_id).is_some();
+                (lists(&m.membership_config), lists(&m.committed_membership_config))
             };
             if listed {
                 was_member = true;
-            } else if was_member && applied {
+            } else if was_member && !committed_listed {
                 tracing::warn!(
                     member_id = format!("{:x}", self.member_id),
                     "the member has been permanently removed from the cluster"

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::engine::{Engine, EngineError, cf};
 use crate::metrics::Metrics;
 use crate::raft::codec::{self, CodecError};
+use crate::raft::log_cache::LogCache;
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Jobs queued for the fsync thread before `append` and friends wait (asynchronously)
@@ -74,6 +75,8 @@ fn corrupt(what: &'static str) -> impl FnOnce(CodecError) -> EngineError {
 #[derive(Clone)]
 pub struct LogReader {
     engine: Engine,
+    /// The newest entries, which is what replication and apply read.
+    cache: LogCache,
 }
 
 impl LogReader {
@@ -109,6 +112,19 @@ impl LogReader {
         };
         let (key, value) = item?;
         Ok(Some(decode_at(parse_index(&key)?, &value)?.log_id))
+    }
+
+    /// Entries with index in `[start, end)`, stopping once `bytes_max` encoded bytes are
+    /// read (always returning at least one entry present): from the cache when it holds
+    /// the whole range, else from RocksDB.
+    fn read_entries(&self, start: u64, end: Option<u64>, bytes_max: usize) -> Result<Vec<Entry>, EngineError> {
+        if let Some(end) = end
+            && let Some(entries) = self.cache.read(start, end, bytes_max)
+        {
+            return Ok(entries);
+        }
+        let upper = end.map(|e| index_key(e).to_vec());
+        self.read_range(index_key(start).to_vec(), upper, bytes_max)
     }
 
     /// Entries with index in `[lower, upper)` (bounds as keys), stopping once
@@ -151,19 +167,20 @@ fn decode_at(index: u64, value: &[u8]) -> Result<Entry, EngineError> {
     Ok(entry)
 }
 
-/// Converts a `RangeBounds` over indexes to iterator bounds `[lower, upper)` as keys.
-fn range_keys(range: &impl RangeBounds<u64>) -> (Vec<u8>, Option<Vec<u8>>) {
-    let lower = match range.start_bound() {
-        Bound::Included(s) => index_key(*s).to_vec(),
-        Bound::Excluded(s) => key_after(*s),
-        Bound::Unbounded => Vec::new(),
+/// Converts a `RangeBounds` over indexes to `[start, end)` (`end` `None`: to the log's end).
+/// An end past `u64::MAX` is no end at all; a start past it is an empty range's.
+fn index_bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
     };
-    let upper = match range.end_bound() {
-        Bound::Included(e) => Some(key_after(*e)),
-        Bound::Excluded(e) => Some(index_key(*e).to_vec()),
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.checked_add(1),
+        Bound::Excluded(e) => Some(*e),
         Bound::Unbounded => None,
     };
-    (lower, upper)
+    (start, end)
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -173,8 +190,11 @@ impl RaftLogReader<TypeConfig> for LogReader {
     ) -> Result<Vec<Entry>, io::Error> {
         let span = tracing::debug_span!("raft_log_read", range = ?range, entries = tracing::field::Empty);
         let _guard = span.enter();
-        let (lower, upper) = range_keys(&range);
-        let entries = self.read_range(lower, upper, usize::MAX)?;
+        let (start, end) = index_bounds(&range);
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Vec::new());
+        }
+        let entries = self.read_entries(start, end, usize::MAX)?;
         span.record("entries", entries.len());
         Ok(entries)
     }
@@ -186,8 +206,10 @@ impl RaftLogReader<TypeConfig> for LogReader {
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
         let span = tracing::debug_span!("raft_log_read_limited", start, end, entries = tracing::field::Empty);
         let _guard = span.enter();
-        let entries =
-            self.read_range(index_key(start).to_vec(), Some(index_key(end).to_vec()), LIMITED_READ_BYTES_MAX)?;
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let entries = self.read_entries(start, Some(end), LIMITED_READ_BYTES_MAX)?;
         span.record("entries", entries.len());
         Ok(entries)
     }
@@ -310,7 +332,7 @@ impl LogStore {
     /// Opens the log on `engine`, validating the persisted metadata and log bounds,
     /// and starts the fsync thread, which reports each fsync's duration to `metrics`.
     pub fn open(engine: Engine, metrics: Arc<Metrics>) -> Result<LogStore, EngineError> {
-        let reader = LogReader { engine: engine.clone() };
+        let reader = LogReader { engine: engine.clone(), cache: LogCache::default() };
         let (vote, last_purged, committed) = (reader.vote()?, reader.last_purged()?, reader.committed()?);
         let first = reader.edge_log_id(IteratorMode::Start)?;
         let last = reader.edge_log_id(IteratorMode::End)?;
@@ -365,13 +387,18 @@ impl LogStore {
     fn write_entries(&self, entries: impl IntoIterator<Item = Entry>, span: &tracing::Span) -> io::Result<()> {
         let (mut batch, mut first, mut last) = (WriteBatch::default(), None, None);
         let log_cf = self.engine().cf(cf::RAFT_LOG);
+        let mut written = Vec::new();
         for entry in entries {
             first.get_or_insert(entry.log_id.index);
             last = Some(entry.log_id.index);
-            batch.put_cf(log_cf, index_key(entry.log_id.index), codec::encode_entry(&entry));
+            let encoded = codec::encode_entry(&entry);
+            batch.put_cf(log_cf, index_key(entry.log_id.index), &encoded);
+            written.push((entry, encoded.len()));
         }
         span.record("first", first).record("last", last);
         self.engine().db().write_opt(batch, &WriteOptions::default()).map_err(EngineError::from)?;
+        // Only once stored: the cache never holds what the log does not.
+        self.reader.cache.appended(written);
         Ok(())
     }
 }
@@ -441,6 +468,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.as_ref().map_or_else(Vec::new, |id| key_after(id.index));
+        // Forgotten first: the cache never holds what the log does not.
+        self.reader.cache.truncated_after(last_log_id.map(|id| id.index));
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.engine().cf(cf::RAFT_LOG), &from[..], &KEY_END[..]);
         // One atomic batch leaves no hole; synced so that a durable vote written later
@@ -450,6 +479,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.reader.cache.purged_upto(log_id.index);
         let mut batch = WriteBatch::default();
         // last_purged and the deletion in one batch: a restart never sees entries
         // gone without knowing where the log now starts.
@@ -631,14 +661,21 @@ mod tests {
         append_durably(&mut store, (1..=10).map(|i| blank(1, i)).collect()).await;
         let mut reader = store.get_log_reader().await;
 
+        assert_eq!(indexes(&mut reader, 3..8).await, vec![3, 4, 5, 6, 7], "served by the tail cache");
         store.truncate_after(Some(log_id(1, 1, 5))).await.expect("truncate");
         assert_eq!(indexes(&mut reader, ..).await, vec![1, 2, 3, 4, 5]);
+        assert_eq!(indexes(&mut reader, 3..8).await, vec![3, 4, 5], "the cache forgot the tail too");
         assert_eq!(store.get_log_state().await.expect("state").last_log_id, Some(log_id(1, 1, 5)));
 
         // Truncating past the end is a no-op; the log can be appended to again.
         store.truncate_after(Some(log_id(1, 1, 20))).await.expect("truncate");
         append_durably(&mut store, vec![blank(2, 6)]).await;
         assert_eq!(store.get_log_state().await.expect("state").last_log_id, Some(log_id(2, 1, 6)));
+        let read = reader.try_get_log_entries(4..7).await.expect("read");
+        assert_eq!(
+            read.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+            vec![log_id(1, 1, 4), log_id(1, 1, 5), log_id(2, 1, 6)]
+        );
 
         store.truncate_after(None).await.expect("truncate all");
         assert_eq!(indexes(&mut reader, ..).await, Vec::<u64>::new());
@@ -651,7 +688,9 @@ mod tests {
         append_durably(&mut store, (1..=10).map(|i| blank(1, i)).collect()).await;
         let mut reader = store.get_log_reader().await;
 
+        assert_eq!(indexes(&mut reader, 3..7).await, vec![3, 4, 5, 6], "served by the tail cache");
         store.purge(log_id(1, 1, 4)).await.expect("purge");
+        assert_eq!(indexes(&mut reader, 3..7).await, vec![5, 6], "the cache forgot the head too");
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 4)));
         assert_eq!(state.last_log_id, Some(log_id(1, 1, 10)));

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod codec;
 pub mod dedup;
+pub mod log_cache;
 pub mod log_store;
 pub mod state_machine;
 pub mod types;
