@@ -4,7 +4,7 @@
 //! Apply is the only writer ([`WriteTxn`]); readers take a RocksDB snapshot
 //! ([`ReadView`]) so a read sees exactly one revision, never half a txn.
 
-pub(crate) mod codec;
+pub mod codec;
 mod compact;
 mod hash;
 mod read;
