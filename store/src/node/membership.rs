@@ -158,7 +158,7 @@ impl Node {
     }
 
     /// Resolves once this member has been removed from the cluster (it was a
-    /// member, and an applied membership no longer lists it); etcd then stops.
+    /// member, and a committed membership no longer lists it); etcd then stops.
     pub async fn removed(&self) {
         // The server metrics change with the membership (not with every write, as the full
         // metrics do).
