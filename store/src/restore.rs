@@ -81,7 +81,7 @@ pub fn restore(backup: &Path, config: &StoreConfig) -> Result<Identity, RestoreE
     engine.sync_wal()?;
     bootstrap::persist_restored(&engine, &identity, token)?;
     // A snapshot covering the purged start of the log, for members that need one.
-    SnapshotDir::open(dir.join("snap"))?.build(&engine)?;
+    std::sync::Arc::new(SnapshotDir::open(dir.join("snap"))?).build(&engine)?;
     tracing::info!(revision = info.revision, member_id = format!("{:x}", identity.member_id), "restored backup");
     Ok(identity)
 }

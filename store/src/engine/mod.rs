@@ -65,6 +65,9 @@ impl From<EngineError> for std::io::Error {
 /// Block cache shared by every column family (RocksDB's default is a separate 32 MiB cache per
 /// table factory, i.e. per column family).
 const BLOCK_CACHE_BYTES: usize = 64 << 20;
+/// Block cache of a checkpoint opened to be dumped (its reads do not fill it; index and filter
+/// blocks go through it).
+const CHECKPOINT_BLOCK_CACHE_BYTES: usize = 8 << 20;
 /// Memtables of all column families together; past it, the largest is flushed.
 const WRITE_BUFFERS_TOTAL_BYTES: usize = 128 << 20;
 /// Bloom filter bits per key in the SST files of point-lookup column families (~1 % false
@@ -123,6 +126,24 @@ impl Engine {
         let cfs = cf::ALL.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Opens the state-machine column families of a checkpoint (see [`Engine::checkpoint`])
+    /// read-only. The log column families are left closed: nothing reads them there.
+    pub fn open_checkpoint(dir: &Path) -> Result<Self, EngineError> {
+        let opts = Options::default();
+        let cache = rocksdb::Cache::new_lru_cache(CHECKPOINT_BLOCK_CACHE_BYTES);
+        let cfs = cf::STATE_MACHINE.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
+        let db = DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Writes a consistent copy of the whole database into `dir` (which must not exist): the
+    /// memtables are flushed, SST files hard-linked, the rest copied. It costs a flush, not a
+    /// pass over the data.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), EngineError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        Ok(())
     }
 
     /// The raw database.

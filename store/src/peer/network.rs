@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::proto::peerpb as pb;
 use crate::raft::codec;
 use crate::raft::types::{MemberInfo, TypeConfig, Vote};
-use crate::snapshot::SnapshotFile;
+use crate::snapshot::SnapshotData;
 
 /// Bytes of snapshot file per streamed chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
@@ -93,17 +93,23 @@ impl PeerNetwork {
     async fn send_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client().map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let data = snapshot.snapshot;
+        // A checkpoint is dumped to a file the first time a follower needs it.
+        let file = tokio::task::spawn_blocking(move || data.into_file())
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?
+            .map_err(|e| StreamingError::Network(NetworkError::new(&std::io::Error::from(e))))?;
         let header = pb::SnapshotHeader {
             route: self.clients.route(self.target),
             vote: Some(codec::vote_to_pb(&vote)),
             last_log_id: snapshot.meta.last_log_id.as_ref().map(codec::log_id_to_pb),
             last_membership: Some(codec::stored_membership_to_pb(&snapshot.meta.last_membership)),
-            size_bytes: snapshot.snapshot.size,
+            size_bytes: file.size,
         };
-        let file = tokio::fs::File::from_std(snapshot.snapshot.file);
+        let file = tokio::fs::File::from_std(file.file);
         let first = pb::SnapshotChunk { part: Some(pb::snapshot_chunk::Part::Header(header)) };
         // Read errors end the stream early; the receiver then sees a short file and refuses it.
         let chunks = futures::stream::unfold(Some(file), |file| async move {
@@ -131,7 +137,7 @@ impl PeerNetwork {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -163,7 +169,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
         cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {

@@ -18,7 +18,7 @@ use crate::raft::codec;
 use crate::raft::dedup;
 use crate::raft::state_machine::SnapshotMeta;
 use crate::raft::types::Raft;
-use crate::snapshot::SnapshotFile;
+use crate::snapshot::{SnapshotData, SnapshotFile};
 
 /// The peer service of one member.
 #[derive(Clone)]
@@ -219,8 +219,10 @@ impl PeerService {
             return Err(e);
         }
         let data = SnapshotFile::open(&path).map_err(|e| Status::internal(e.to_string()))?;
-        let snapshot =
-            openraft::alias::SnapshotOf::<crate::raft::types::TypeConfig, SnapshotFile> { meta, snapshot: data };
+        let snapshot = openraft::alias::SnapshotOf::<crate::raft::types::TypeConfig, SnapshotData> {
+            meta,
+            snapshot: SnapshotData::File(data),
+        };
         let reply = self.raft().install_full_snapshot(vote, snapshot).await.map_err(raft_failed)?;
         let _ = std::fs::remove_file(&path);
         Ok(pb::SnapshotReply { vote: Some(codec::vote_to_pb(&reply.vote)) })

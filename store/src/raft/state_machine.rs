@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::mvcc::{self, Event, WriteTxn};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::raftlog::{self, command::Op};
-use crate::snapshot::{self, SnapshotDir, SnapshotFile, SnapshotInfo};
+use crate::snapshot::{self, Published, SnapshotData, SnapshotDir, SnapshotInfo};
 use crate::watch::Hub;
 
 /// `sm_meta` key of the last applied log id.
@@ -348,7 +348,7 @@ impl KvKind {
 }
 
 /// A snapshot of this state machine as openraft sees it.
-pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 /// What a snapshot covers, as openraft sees it.
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 
@@ -357,7 +357,7 @@ fn to_meta(info: &SnapshotInfo) -> SnapshotMeta {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let shared = self.shared.clone();
@@ -365,9 +365,26 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .await
             .map_err(io_err)?
             .map_err(io::Error::from)?;
-        let (info, file) = built;
-        tracing::info!(last_log_id = ?info.last_log_id, revision = info.revision, bytes = file.size, "built snapshot");
-        Ok(Snapshot { meta: to_meta(&info), snapshot: file })
+        let (info, data) = built;
+        tracing::info!(last_log_id = ?info.last_log_id, revision = info.revision, "built snapshot");
+        Ok(Snapshot { meta: to_meta(&info), snapshot: data })
+    }
+}
+
+/// The path of a received snapshot file, not yet published, for `install_snapshot`.
+/// Snapshot data openraft hands over is a received file; anything else is
+/// copied to a temp file first, so publishing never moves a published snapshot.
+fn received_file(dir: &SnapshotDir, data: SnapshotData) -> Result<std::path::PathBuf, io::Error> {
+    match data {
+        SnapshotData::File(f) if f.path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tmp-")) => {
+            Ok(f.path)
+        }
+        other => {
+            let file = other.into_file()?;
+            let temp = dir.temp_path("install");
+            std::fs::copy(&file.path, &temp)?;
+            Ok(temp)
+        }
     }
 }
 
@@ -398,7 +415,7 @@ pub fn recover_interrupted_install(engine: &Engine) -> Result<(), io::Error> {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -432,12 +449,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: SnapshotFile) -> Result<(), io::Error> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), io::Error> {
         let shared = self.shared.clone();
         let expected = meta.last_log_id;
-        let temp = data.path.clone();
-        drop(data);
         let info = tokio::task::spawn_blocking(move || -> Result<SnapshotInfo, io::Error> {
+            let temp = received_file(&shared.snapshots, data)?;
             let info = snapshot::file::verify(&temp)?;
             if info.last_log_id != expected {
                 return Err(io_err(format!(
@@ -446,10 +462,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 )));
             }
             let (published, path) = shared.snapshots.publish(&temp, &info)?;
-            if published.last_log_id != info.last_log_id {
-                return Err(io_err("a newer snapshot than the one received is already installed"));
+            match path {
+                Published::File(path) if published.last_log_id == info.last_log_id => {
+                    load_snapshot(&shared.engine, &path)
+                }
+                _ => Err(io_err("a newer snapshot than the one received is already installed")),
             }
-            load_snapshot(&shared.engine, &path)
         })
         .await
         .map_err(io_err)??;
@@ -463,10 +481,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || -> Result<Option<Snapshot>, io::Error> {
-            let Some((info, path)) = shared.snapshots.current()? else {
+            let Some((info, data)) = shared.snapshots.current_data()? else {
                 return Ok(None);
             };
-            Ok(Some(Snapshot { meta: to_meta(&info), snapshot: SnapshotFile::open(&path)? }))
+            Ok(Some(Snapshot { meta: to_meta(&info), snapshot: data }))
         })
         .await
         .map_err(io_err)?

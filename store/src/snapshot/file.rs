@@ -92,11 +92,8 @@ fn invalid(msg: impl Into<String>) -> SnapshotError {
     SnapshotError::Invalid(msg.into())
 }
 
-/// Dumps the state machine of `engine`, as of one RocksDB snapshot, into a
-/// new file at `path`, fsynced. Returns what it covers and its size.
-pub fn write(engine: &Engine, path: &Path) -> Result<(SnapshotInfo, u64), SnapshotError> {
-    let db = engine.db();
-    let snap = db.snapshot();
+/// What the state of `engine` covers, as of `snap`.
+fn read_info(engine: &Engine, snap: &rocksdb::Snapshot<'_>) -> Result<SnapshotInfo, SnapshotError> {
     let meta_cf = engine.cf(cf::SM_META);
     let last_log_id = match snap.get_cf(meta_cf, crate::raft::state_machine::META_LAST_APPLIED)? {
         Some(raw) => Some(codec::decode_log_id(&raw).map_err(|e| invalid(e.to_string()))?),
@@ -110,13 +107,17 @@ pub fn write(engine: &Engine, path: &Path) -> Result<(SnapshotInfo, u64), Snapsh
         Some(raw) => mvcc::decode_i64(&raw)?,
         None => 0,
     };
-    let info = SnapshotInfo { last_log_id, last_membership, revision };
+    Ok(SnapshotInfo { last_log_id, last_membership, revision })
+}
+
+/// Creates `path` and writes the magic and header describing `info`.
+fn create_with_header(path: &Path, info: &SnapshotInfo) -> Result<CrcWriter<BufWriter<File>>, SnapshotError> {
     let header = pb::SnapshotFileHeader {
         format: FORMAT,
         last_log_id: info.last_log_id.as_ref().map(codec::log_id_to_pb),
         last_membership: Some(codec::stored_membership_to_pb(&info.last_membership)),
         column_families: cf::STATE_MACHINE.iter().map(|s| s.to_string()).collect(),
-        revision,
+        revision: info.revision,
     };
     let file = File::create(path)?;
     let mut out = CrcWriter { inner: BufWriter::with_capacity(IO_BUFFER_BYTES, file), crc: crc32fast::Hasher::new() };
@@ -124,6 +125,39 @@ pub fn write(engine: &Engine, path: &Path) -> Result<(SnapshotInfo, u64), Snapsh
     let header = header.encode_to_vec();
     out.write_all(&(header.len() as u32).to_be_bytes())?;
     out.write_all(&header)?;
+    Ok(out)
+}
+
+/// Ends the records with the end tag and checksum, and fsyncs. Returns the file's size.
+fn finish(mut out: CrcWriter<BufWriter<File>>) -> Result<u64, SnapshotError> {
+    out.write_all(&[END_TAG])?;
+    let crc = out.crc.clone().finalize();
+    let mut inner = out.inner;
+    inner.write_all(&crc.to_be_bytes())?;
+    let file = inner.into_inner().map_err(|e| SnapshotError::Io(e.into_error()))?;
+    file.sync_all()?;
+    Ok(file.metadata()?.len())
+}
+
+/// Writes a snapshot file with `info`'s header and no records, fsynced: how a
+/// checkpoint records what it covers, readable with [`Reader`].
+pub fn write_info(path: &Path, info: &SnapshotInfo) -> Result<(), SnapshotError> {
+    finish(create_with_header(path, info)?)?;
+    Ok(())
+}
+
+/// What the state of `engine` covers now.
+pub fn current_info(engine: &Engine) -> Result<SnapshotInfo, SnapshotError> {
+    read_info(engine, &engine.db().snapshot())
+}
+
+/// Dumps the state machine of `engine`, as of one RocksDB snapshot, into a
+/// new file at `path`, fsynced. Returns what it covers and its size.
+pub fn write(engine: &Engine, path: &Path) -> Result<(SnapshotInfo, u64), SnapshotError> {
+    let db = engine.db();
+    let snap = db.snapshot();
+    let info = read_info(engine, &snap)?;
+    let mut out = create_with_header(path, &info)?;
     for (index, name) in cf::STATE_MACHINE.iter().enumerate() {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_snapshot(&snap);
@@ -137,13 +171,7 @@ pub fn write(engine: &Engine, path: &Path) -> Result<(SnapshotInfo, u64), Snapsh
             out.write_all(&v)?;
         }
     }
-    out.write_all(&[END_TAG])?;
-    let crc = out.crc.clone().finalize();
-    let mut inner = out.inner;
-    inner.write_all(&crc.to_be_bytes())?;
-    let file = inner.into_inner().map_err(|e| SnapshotError::Io(e.into_error()))?;
-    file.sync_all()?;
-    let size = file.metadata()?.len();
+    let size = finish(out)?;
     Ok((info, size))
 }
 
