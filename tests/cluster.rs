@@ -194,6 +194,33 @@ async fn full_cluster_kill_and_restart() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_forwards_concurrent_puts_in_batches() -> Result<()> {
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, ClusterOpts::default()).await?;
+    let leader = cluster.leader().await?;
+    let follower = cluster.live_except(leader)[0];
+    let client = cluster.client(follower).await?;
+    let puts = 400;
+    let acked = put_many(&client, "batch/", puts, 100).await?;
+    ensure!(acked.len() == puts, "{} of {puts} puts through the follower acknowledged", acked.len());
+    check_unique_revisions(&acked)?;
+    let mut leader_client = cluster.client(leader).await?;
+    check_acked_with(&mut leader_client, "batch/", &acked, false).await?;
+    if is_etcd() {
+        return Ok(());
+    }
+    let (code, body) = http_get(&cluster.endpoint(follower), "/metrics").await?;
+    assert_eq!(code, 200);
+    let total = |name: &str| metric_samples(&body, name).iter().map(|(_, v)| *v).sum::<f64>();
+    let (batches, proposals) = (total("geobuk_forward_batches_total"), total("geobuk_forwarded_proposals_total"));
+    eprintln!("{proposals} forwarded proposals in {batches} batches");
+    ensure!(proposals >= puts as f64, "{proposals} proposals forwarded for {puts} puts");
+    // 100 puts in flight, at most 4 batches: proposals wait for a batch to return and leave together.
+    ensure!(batches * 2.0 <= proposals, "{proposals} proposals took {batches} batches");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follower_serves_everything() -> Result<()> {
     let _serial = serial().await;
     let mut cluster = TestCluster::start(3, ClusterOpts::default()).await?;

@@ -45,6 +45,16 @@ pub const RAFT_PAYLOAD_ENTRIES_MAX: u64 = 64;
 /// How long one forwarding attempt to the leader may take before it is
 /// retried (with the same request id) until the request timeout.
 pub const FORWARD_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Forwarded proposals queued on a follower for the leader; callers wait when it is full.
+pub const FORWARD_QUEUE_COMMANDS_MAX: usize = 10_000;
+/// Proposals in one forwarded batch.
+pub const FORWARD_BATCH_COMMANDS_MAX: usize = 256;
+/// Bytes of the proposals in one forwarded batch (one larger proposal travels alone), well
+/// under the peer protocol's message limit.
+pub const FORWARD_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Forwarded batches in flight from one member. While they are, proposals queue, so the next
+/// batch carries all of them: batches grow with the load instead of one RPC per proposal.
+pub const FORWARD_BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// Pause before retrying a forward when the leader is unknown or just changed.
 pub const FORWARD_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 /// How long one HTTP request (`/metrics`, `/health`, `/readyz`, ...) may take

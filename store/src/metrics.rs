@@ -193,6 +193,8 @@ pub struct Metrics {
     health_failures: IntCounter,
     healthcheck: IntGaugeVec,
     healthchecks_total: IntCounterVec,
+    forward_batches: IntCounter,
+    forwarded_proposals: IntCounter,
     /// The leader last seen by [`Metrics::observe_leader`].
     last_leader: Mutex<Option<u64>>,
 }
@@ -246,6 +248,14 @@ impl Metrics {
             proposals_pending: gauge(
                 "etcd_server_proposals_pending",
                 "The current number of pending proposals to commit.",
+            ),
+            forward_batches: counter(
+                "geobuk_forward_batches_total",
+                "Batches of proposals this member forwarded to the leader.",
+            ),
+            forwarded_proposals: counter(
+                "geobuk_forwarded_proposals_total",
+                "Proposals this member forwarded to the leader (attempts, in batches).",
             ),
             proposals_failed: counter(
                 "etcd_server_proposals_failed_total",
@@ -353,6 +363,12 @@ impl Metrics {
     /// One state-machine batch written (etcd_disk_backend_commit_duration_seconds).
     pub fn observe_backend_commit(&self, took: Duration) {
         self.backend_commit.observe(took.as_secs_f64());
+    }
+
+    /// A batch of `proposals` left for the leader.
+    pub fn forward_batch_sent(&self, proposals: usize) {
+        self.forward_batches.inc();
+        self.forwarded_proposals.inc_by(proposals as u64);
     }
 
     /// A proposal entered Raft (etcd_server_proposals_pending goes up).

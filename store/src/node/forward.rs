@@ -20,7 +20,6 @@ use crate::error::StoreError;
 use crate::limits::{FORWARD_ATTEMPT_TIMEOUT, FORWARD_RETRY_BACKOFF};
 use crate::proto::peerpb as pb;
 use crate::proto::raftlog::{self, command::Op};
-use crate::raft::dedup;
 use crate::raft::types::{Applied, CommandBytes, MemberInfo};
 
 /// How often a member retries publishing its attributes until it succeeds.
@@ -44,7 +43,7 @@ pub enum AttemptError {
 
 /// A peer's gRPC status as an attempt error: transport trouble and "not
 /// leader" are retried, anything else is the request's answer.
-fn status_error(s: tonic::Status) -> AttemptError {
+pub(super) fn status_error(s: tonic::Status) -> AttemptError {
     let not_leader = StoreError::NotLeader.to_string();
     match s.code() {
         _ if s.message() == not_leader => AttemptError::Retry(StoreError::NotLeader),
@@ -164,14 +163,7 @@ impl Node {
         bytes: Bytes,
         limit: Duration,
     ) -> Result<Applied, AttemptError> {
-        let mut client = self.peers.client(id, info).map_err(|e| AttemptError::Retry(StoreError::internal(e)))?;
-        let mut req = tonic::Request::new(pb::ForwardRequest { route: self.peers.route(id), command: bytes });
-        req.set_timeout(limit);
-        match tokio::time::timeout(limit, client.forward(req)).await {
-            Err(_) => Err(AttemptError::Retry(StoreError::Timeout)),
-            Ok(Err(s)) => Err(status_error(s)),
-            Ok(Ok(reply)) => Ok(dedup::from_reply(reply.into_inner())),
-        }
+        self.forwarder.forward(id, info, bytes, limit).await
     }
 
     /// Waits until this member has applied everything committed before the

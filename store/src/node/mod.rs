@@ -27,6 +27,7 @@ use crate::snapshot::SnapshotDir;
 
 pub mod bootstrap;
 pub mod forward;
+pub mod forward_batch;
 pub mod membership;
 
 use bootstrap::{Bootstrap, Identity};
@@ -76,6 +77,8 @@ pub struct Node {
     pub cluster_id: u64,
     /// Connections to the other members.
     pub peers: Arc<PeerClients>,
+    /// Proposals on their way to the leader.
+    forwarder: forward_batch::ForwardBatcher,
     request_ids: RequestIds,
     /// Membership changes run one at a time.
     membership_lock: tokio::sync::Mutex<()>,
@@ -128,6 +131,7 @@ impl Node {
             shared,
             member_id,
             cluster_id,
+            forwarder: forward_batch::ForwardBatcher::start(peers.clone(), metrics.clone()),
             metrics,
             peers,
             request_ids: RequestIds::new(member_id),

@@ -12,10 +12,11 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert;
 use crate::error::StoreError;
 use crate::node::Node;
+use crate::node::forward::AttemptError;
+use crate::node::forward_batch::outcome_to_pb;
 use crate::proto::peerpb::{self as pb, peer_server::Peer};
 use crate::proto::raftlog;
 use crate::raft::codec;
-use crate::raft::dedup;
 use crate::raft::state_machine::SnapshotMeta;
 use crate::raft::types::Raft;
 use crate::snapshot::{SnapshotData, SnapshotFile};
@@ -58,6 +59,18 @@ impl PeerService {
         let vote = convert::vote_request_from_pb(&req).map_err(bad_input)?;
         let reply = if pre { self.raft().pre_vote(vote).await } else { self.raft().vote(vote).await };
         Ok(Response::new(convert::vote_reply_to_pb(&reply.map_err(raft_failed)?)))
+    }
+
+    /// Refuses a forwarded command the proposer should not have sent.
+    fn check_forwarded(&self, command: &bytes::Bytes) -> Result<(), Status> {
+        let cmd = raftlog::Command::decode(command.clone()).map_err(bad_input)?;
+        if cmd.request_id == 0 {
+            return Err(bad_input("a forwarded command needs a request id"));
+        }
+        if command.len() > self.node.config.max_request_bytes + crate::limits::GRPC_OVERHEAD_BYTES {
+            return Err(StoreError::RequestTooLarge.into());
+        }
+        Ok(())
     }
 
     fn leader_only(&self) -> Result<(), Status> {
@@ -123,24 +136,26 @@ impl Peer for PeerService {
         Ok(Response::new(pb::TransferLeaderReply { refused }))
     }
 
-    async fn forward(&self, req: Request<pb::ForwardRequest>) -> Result<Response<raftlog::AppliedReply>, Status> {
+    async fn forward_batch(
+        &self,
+        req: Request<pb::ForwardBatchRequest>,
+    ) -> Result<Response<pb::ForwardBatchReply>, Status> {
         let req = req.into_inner();
         self.check_route(req.route.as_ref())?;
-        let cmd = raftlog::Command::decode(req.command.clone()).map_err(bad_input)?;
-        if cmd.request_id == 0 {
-            return Err(bad_input("a forwarded command needs a request id"));
-        }
-        if req.command.len() > self.node.config.max_request_bytes + crate::limits::GRPC_OVERHEAD_BYTES {
-            return Err(StoreError::RequestTooLarge.into());
+        if req.commands.len() > crate::limits::FORWARD_BATCH_COMMANDS_MAX {
+            return Err(bad_input(format!("{} forwarded commands in one batch", req.commands.len())));
         }
         self.leader_only()?;
-        let applied = self.node.propose_here(req.command, self.node.config.request_timeout()).await;
-        match applied {
-            Ok(a) => Ok(Response::new(dedup::to_reply(&a))),
-            Err(crate::node::forward::AttemptError::Retry(e) | crate::node::forward::AttemptError::Final(e)) => {
-                Err(e.into())
+        // Proposed together: openraft batches them into its next log append.
+        let proposals = req.commands.into_iter().map(|command| async move {
+            self.check_forwarded(&command)?;
+            match self.node.propose_here(command, self.node.config.request_timeout()).await {
+                Ok(applied) => Ok(applied),
+                Err(AttemptError::Retry(e) | AttemptError::Final(e)) => Err(Status::from(e)),
             }
-        }
+        });
+        let outcomes = futures::future::join_all(proposals).await.into_iter().map(outcome_to_pb).collect();
+        Ok(Response::new(pb::ForwardBatchReply { outcomes }))
     }
 
     async fn read_index(&self, req: Request<pb::Route>) -> Result<Response<pb::ReadIndexReply>, Status> {
