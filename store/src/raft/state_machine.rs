@@ -376,9 +376,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 /// copied to a temp file first, so publishing never moves a published snapshot.
 fn received_file(dir: &SnapshotDir, data: SnapshotData) -> Result<std::path::PathBuf, io::Error> {
     match data {
-        SnapshotData::File(f) if f.path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tmp-")) => {
-            Ok(f.path)
-        }
+        SnapshotData::File(f) if dir.is_temp(&f.path) => Ok(f.path),
         other => {
             let file = other.into_file()?;
             let temp = dir.temp_path("install");

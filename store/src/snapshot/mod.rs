@@ -154,6 +154,12 @@ impl SnapshotDir {
         self.temp_path_with(what, SUFFIX)
     }
 
+    /// Whether `path` is a temp path of this directory (received or being built, not published).
+    pub fn is_temp(&self, path: &Path) -> bool {
+        path.parent() == Some(self.dir.as_path())
+            && path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX))
+    }
+
     fn temp_path_with(&self, what: &str, suffix: &str) -> PathBuf {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
