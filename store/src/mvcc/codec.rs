@@ -1,10 +1,14 @@
 //! The on-disk encoding of MVCC records and keys. This is a compatibility
 //! contract: the golden tests at the bottom fail on any change of layout.
 //!
-//! - `kv_latest`: user key → [`Record`] of the live version.
-//! - `kv_history`: `escape(key) ‖ 00 01 ‖ be(!mod_revision)` → [`Record`];
-//!   the escaping keeps user-key order, the inverted revision puts the newest
-//!   version first so "newest version ≤ R" is a single seek.
+//! - `kv_latest`: user key → [`Record`] of the live version (only there).
+//! - `kv_history`: `escape(key) ‖ 00 01 ‖ be(!mod_revision)` → [`Record`] of
+//!   every superseded version and every tombstone; the escaping keeps user-key
+//!   order, the inverted revision puts the newest version first so "newest
+//!   version ≤ R" is a single seek. A version enters it when a later revision
+//!   replaces or deletes it, so creating a key writes no history. (Stores
+//!   written before this rule also hold a copy of the live version here:
+//!   identical bytes, ignored wherever `kv_latest` answers.)
 //! - `kv_revs`: `be(revision) ‖ be(sub)` → user key, the revision-ordered log
 //!   that watch replay and compaction walk.
 
@@ -64,6 +68,16 @@ impl Record {
             lease: n(3),
             value: Bytes::copy_from_slice(&raw[RECORD_HEADER_LEN..]),
         })
+    }
+}
+
+/// The mod revision of an encoded record, without decoding the value.
+pub fn record_mod_revision(raw: &[u8]) -> Result<i64, EngineError> {
+    match raw.get(10..18) {
+        Some(b) if raw[0] == RECORD_FORMAT_V1 && raw.len() >= RECORD_HEADER_LEN => {
+            Ok(i64::from_be_bytes(b.try_into().expect("8-byte slice")))
+        }
+        _ => Err(corrupt("mvcc record", format!("{} bytes, format {:?}", raw.len(), raw.first()))),
     }
 }
 
@@ -176,6 +190,7 @@ mod tests {
         };
         assert_eq!(hex(&r.encode()), "0100000000000000000200000000000000050000000000000003000000000000000776");
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        assert_eq!(record_mod_revision(&r.encode()).unwrap(), 5);
         let t = Record { tombstone: true, version: 0, value: Bytes::new(), ..r };
         assert_eq!(Record::decode(&t.encode()).unwrap(), t);
     }
@@ -208,6 +223,8 @@ mod tests {
     fn malformed_bytes_are_errors_not_panics() {
         assert!(Record::decode(&[1, 0, 0]).is_err());
         assert!(Record::decode(&[9; 40]).is_err());
+        assert!(record_mod_revision(&[1, 0, 0]).is_err());
+        assert!(record_mod_revision(&[9; 40]).is_err());
         assert!(decode_history_key(b"abc").is_err());
         assert!(decode_history_key(&[0, 1, 2]).is_err());
         assert!(decode_history_key(&[0, 7]).is_err());

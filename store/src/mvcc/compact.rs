@@ -75,22 +75,36 @@ impl Compactor {
 
     /// Whether the version of `key` at `rev` (≤ target) is invisible at `target`.
     fn is_garbage(&self, key: &[u8], rev: i64, target: i64) -> Result<bool, EngineError> {
-        let db = self.engine.db();
-        let hist = self.engine.cf(cf::KV_HISTORY);
-        let mut it = db.raw_iterator_cf(hist);
-        it.seek(codec::history_key(key, target));
-        if !it.valid() {
-            it.status()?;
-            return Ok(false);
-        }
-        let (found_key, newest) = codec::decode_history_key(it.key().expect("valid iterator"))?;
-        if found_key != key || newest < rev {
+        Ok(match self.newest_at(key, target)? {
             // The version is already gone (an earlier, interrupted run).
-            return Ok(false);
+            None => false,
+            Some((newest, _)) if newest < rev => false,
+            Some((newest, _)) if newest > rev => true,
+            Some((_, tombstone)) => tombstone,
+        })
+    }
+
+    /// The revision of `key`'s newest version at or below `target` and whether it is a
+    /// tombstone. `kv_latest` is read first: apply moves a live version into history in the same
+    /// batch that replaces it, so reading history second never misses it.
+    fn newest_at(&self, key: &[u8], target: i64) -> Result<Option<(i64, bool)>, EngineError> {
+        let db = self.engine.db();
+        if let Some(raw) = db.get_cf(self.engine.cf(cf::KV_LATEST), key)? {
+            let live = codec::record_mod_revision(&raw)?;
+            if live <= target {
+                return Ok(Some((live, false)));
+            }
         }
-        if newest > rev {
-            return Ok(true);
+        let mut it = db.raw_iterator_cf(self.engine.cf(cf::KV_HISTORY));
+        it.seek(codec::history_key(key, target));
+        let Some(raw_key) = it.key() else {
+            it.status()?;
+            return Ok(None);
+        };
+        let (found_key, newest) = codec::decode_history_key(raw_key)?;
+        if found_key != key {
+            return Ok(None);
         }
-        Ok(Record::decode(it.value().expect("valid iterator"))?.tombstone)
+        Ok(Some((newest, Record::decode(it.value().expect("valid iterator"))?.tombstone)))
     }
 }

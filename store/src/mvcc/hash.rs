@@ -6,40 +6,82 @@ use super::codec;
 use super::read::ReadView;
 use crate::engine::{EngineError, cf};
 
+/// Hashes one key's versions, fed newest first.
+struct KeyHasher<'h> {
+    hasher: &'h mut crc32fast::Hasher,
+    rev: i64,
+    compacted: i64,
+    done: bool,
+}
+
+impl KeyHasher<'_> {
+    /// Feeds the version at `n`: `history_key` is its `kv_history` key (also for a live
+    /// version, so the hash does not depend on where a version is stored).
+    fn feed(&mut self, history_key: &[u8], n: i64, raw: &[u8]) -> Result<(), EngineError> {
+        if n > self.rev || self.done {
+            return Ok(());
+        }
+        if n > self.compacted {
+            self.hasher.update(history_key);
+            self.hasher.update(raw);
+            return Ok(());
+        }
+        // The newest version at or below the compaction revision survives compaction unless it
+        // is a tombstone.
+        if !codec::Record::decode(raw)?.tombstone {
+            self.hasher.update(history_key);
+            self.hasher.update(raw);
+        }
+        self.done = true;
+        Ok(())
+    }
+}
+
 impl ReadView<'_> {
     /// The hash of every version visible at or after the compaction revision
-    /// with mod revision ≤ `rev`.
+    /// with mod revision ≤ `rev`: per key in key order, its versions newest
+    /// first. The live version comes from `kv_latest`, older ones and
+    /// tombstones from `kv_history`.
     pub fn hash_kv(&self, rev: i64) -> Result<u32, EngineError> {
         let mut hasher = crc32fast::Hasher::new();
-        let mut it = self.raw_iter(cf::KV_HISTORY);
-        it.seek_to_first();
-        let mut last_key: Option<Vec<u8>> = None;
-        let mut key_done = false;
-        while it.valid() {
-            let raw_key = it.key().expect("valid iterator");
-            let (key, n) = codec::decode_history_key(raw_key)?;
-            if last_key.as_deref() != Some(key.as_slice()) {
-                last_key = Some(key.clone());
-                key_done = false;
+        let mut latest = self.raw_iter(cf::KV_LATEST);
+        latest.seek_to_first();
+        let mut hist = self.raw_iter(cf::KV_HISTORY);
+        hist.seek_to_first();
+        loop {
+            let hist_key = match hist.key() {
+                Some(raw) => Some(codec::decode_history_key(raw)?.0),
+                None => None,
+            };
+            let live_key = latest.key().map(<[u8]>::to_vec);
+            let user_key = match (live_key, hist_key) {
+                (None, None) => break,
+                (Some(l), Some(h)) => l.min(h),
+                (Some(k), None) | (None, Some(k)) => k,
+            };
+            let mut key = KeyHasher { hasher: &mut hasher, rev, compacted: self.compacted, done: false };
+            let mut live_rev = None;
+            if latest.key() == Some(&user_key[..]) {
+                let raw = latest.value().expect("valid iterator");
+                let n = codec::record_mod_revision(raw)?;
+                key.feed(&codec::history_key(&user_key, n), n, raw)?;
+                live_rev = Some(n);
+                latest.next();
             }
-            if n <= rev && !key_done {
-                let raw = it.value().expect("valid iterator");
-                if n > self.compacted {
-                    hasher.update(raw_key);
-                    hasher.update(raw);
-                } else {
-                    // The newest version at or below the compaction revision
-                    // survives compaction unless it is a tombstone.
-                    if !codec::Record::decode(raw)?.tombstone {
-                        hasher.update(raw_key);
-                        hasher.update(raw);
-                    }
-                    key_done = true;
+            while let Some(raw_key) = hist.key() {
+                let (k, n) = codec::decode_history_key(raw_key)?;
+                if k != user_key {
+                    break;
                 }
+                // A store written before live versions left history holds a copy of the live one.
+                if live_rev != Some(n) {
+                    key.feed(raw_key, n, hist.value().expect("valid iterator"))?;
+                }
+                hist.next();
             }
-            it.next();
         }
-        it.status()?;
+        latest.status()?;
+        hist.status()?;
         Ok(hasher.finalize())
     }
 }

@@ -213,6 +213,12 @@ impl<'a> ReadView<'a> {
     }
 
     fn raw_at(&self, key: &[u8], rev: i64) -> Result<Option<Box<[u8]>>, EngineError> {
+        // The live version is only in kv_latest and is newer than all of the key's history.
+        if let Some(raw) = self.raw_latest(key)?
+            && codec::record_mod_revision(&raw)? <= rev
+        {
+            return Ok(Some(raw.into_boxed_slice()));
+        }
         let start = codec::history_key(key, rev);
         let mode = IteratorMode::From(&start, Direction::Forward);
         let mut it = self.engine.db().iterator_cf_opt(self.engine.cf(cf::KV_HISTORY), self.read_opts(), mode);
@@ -254,32 +260,49 @@ impl<'a> ReadView<'a> {
         Ok(())
     }
 
+    /// A scan at an older revision: the union of `kv_latest` (live versions, used when they are
+    /// old enough) and `kv_history` (superseded versions and tombstones), merged in key order.
     fn scan_history(&self, key: &[u8], end: &[u8], rev: i64, visit: &mut Visit<'_>) -> Result<(), EngineError> {
-        let db = self.engine.db();
-        let cf = self.engine.cf(cf::KV_HISTORY);
-        let mut it = db.raw_iterator_cf_opt(cf, self.read_opts());
-        it.seek(codec::history_key(key, rev));
-        while it.valid() {
-            let (user_key, found_rev) = codec::decode_history_key(it.key().expect("valid iterator"))?;
-            if !range::contains(key, end, &user_key) {
-                break;
-            }
-            if found_rev > rev {
-                // Newer than asked: jump to this key's newest version ≤ rev.
-                it.seek(codec::history_key(&user_key, rev));
-                continue;
-            }
-            let raw = it.value().expect("valid iterator");
-            if codec::is_tombstone(raw) {
-                it.seek(codec::history_key_after_all(&user_key));
-                continue;
-            }
-            if !visit(Bytes::from(user_key.clone()), raw)? {
+        let mut latest_opts = self.read_opts();
+        if let Some(upper) = range::upper_bound(key, end) {
+            latest_opts.set_iterate_upper_bound(upper);
+        }
+        let mut latest = self.engine.db().raw_iterator_cf_opt(self.engine.cf(cf::KV_LATEST), latest_opts);
+        latest.seek(key);
+        let mut hist = self.raw_iter(cf::KV_HISTORY);
+        hist.seek(codec::history_key(key, rev));
+        loop {
+            let live_key = latest.key().map(<[u8]>::to_vec);
+            let hist_key = history_user_key(&hist)?.filter(|k| range::contains(key, end, k));
+            let user_key = match (live_key.as_deref(), hist_key.as_deref()) {
+                (None, None) => break,
+                (Some(l), Some(h)) => l.min(h).to_vec(),
+                (Some(k), None) | (None, Some(k)) => k.to_vec(),
+            };
+            let live = live_key.as_deref() == Some(&user_key[..]);
+            let go_on = if live && codec::record_mod_revision(latest.value().expect("valid iterator"))? <= rev {
+                visit(Bytes::from(user_key.clone()), latest.value().expect("valid iterator"))?
+            } else {
+                hist.seek(codec::history_key(&user_key, rev));
+                match history_user_key(&hist)? {
+                    Some(k) if k == user_key && !codec::is_tombstone(hist.value().expect("valid iterator")) => {
+                        visit(Bytes::from(user_key.clone()), hist.value().expect("valid iterator"))?
+                    }
+                    _ => true,
+                }
+            };
+            if !go_on {
                 return Ok(());
             }
-            it.seek(codec::history_key_after_all(&user_key));
+            if live {
+                latest.next();
+            }
+            if history_user_key(&hist)?.as_deref() == Some(&user_key[..]) {
+                hist.seek(codec::history_key_after_all(&user_key));
+            }
         }
-        it.status()?;
+        latest.status()?;
+        hist.status()?;
         Ok(())
     }
 
@@ -325,6 +348,17 @@ impl<'a> ReadView<'a> {
             kvs = merged.into_values().collect();
         }
         Ok(finish(kvs, count, q))
+    }
+}
+
+/// The user key at a `kv_history` iterator's position, `None` past the end.
+fn history_user_key(it: &rocksdb::DBRawIterator<'_>) -> Result<Option<Vec<u8>>, EngineError> {
+    match it.key() {
+        Some(raw) => Ok(Some(codec::decode_history_key(raw)?.0)),
+        None => {
+            it.status()?;
+            Ok(None)
+        }
     }
 }
 

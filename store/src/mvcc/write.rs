@@ -90,9 +90,10 @@ impl<'a> WriteTxn<'a> {
             value: value.unwrap_or_else(|| prev.as_ref().map(|p| p.value.clone()).unwrap_or_default()),
             lease: lease.unwrap_or_else(|| prev.as_ref().map_or(0, |p| p.lease)),
         };
-        let record = kv.to_record().encode();
-        self.batch.put_cf(self.engine.cf(cf::KV_LATEST), &key, &record);
-        self.batch.put_cf(self.engine.cf(cf::KV_HISTORY), codec::history_key(&key, self.revision), &record);
+        self.batch.put_cf(self.engine.cf(cf::KV_LATEST), &key, kv.to_record().encode());
+        if let Some(p) = &prev {
+            self.retire(p);
+        }
         self.log_change(&key);
         let lease_cf = self.engine.cf(cf::LEASE_KEYS);
         if let Some(p) = prev.as_ref().filter(|p| p.lease != 0 && p.lease != kv.lease) {
@@ -125,6 +126,7 @@ impl<'a> WriteTxn<'a> {
             value: Bytes::new(),
         };
         self.batch.delete_cf(self.engine.cf(cf::KV_LATEST), &prev.key);
+        self.retire(prev);
         self.batch.put_cf(self.engine.cf(cf::KV_HISTORY), codec::history_key(&prev.key, self.revision), tomb.encode());
         self.log_change(&prev.key);
         if prev.lease != 0 {
@@ -133,6 +135,17 @@ impl<'a> WriteTxn<'a> {
         self.overlay.insert(prev.key.clone(), None);
         let kv = KeyValue { key: prev.key.clone(), mod_revision: self.revision, ..Default::default() };
         self.events.push(Event { kind: EventKind::Delete, kv, prev_kv: Some(prev.clone()) });
+    }
+
+    /// Moves the live version `prev`, superseded by this txn, into history. The live version of
+    /// a key is only in `kv_latest`, so a put that creates a key writes no history at all (one
+    /// random-order insert instead of two). A version this same txn wrote was never visible and
+    /// is not kept.
+    fn retire(&mut self, prev: &KeyValue) {
+        if prev.mod_revision < self.revision {
+            let key = codec::history_key(&prev.key, prev.mod_revision);
+            self.batch.put_cf(self.engine.cf(cf::KV_HISTORY), key, prev.to_record().encode());
+        }
     }
 
     fn log_change(&mut self, key: &[u8]) {
