@@ -77,8 +77,9 @@ async fn every_subcommand_runs_against_a_one_member_store() -> Result<()> {
     Ok(())
 }
 
-/// The compare command end to end at a tiny scale: both clusters start, every row runs on each,
-/// and the results file, its JSON and its chart are written with figures on both sides.
+/// The compare command end to end at a tiny scale: both clusters start and stay up, every row
+/// runs twice on each, interleaved (who goes first alternating), each run after a quiet wait, and
+/// the results file (medians beside every run), its JSON (every run) and its chart are written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_writes_both_systems_side_by_side() -> Result<()> {
     if common::skip_on_etcd("compare starts its own clusters of both systems") {
@@ -98,28 +99,57 @@ async fn compare_writes_both_systems_side_by_side() -> Result<()> {
         scale: 0.001,
         load_keys: 200,
         rows: Vec::new(),
+        repeats: 2,
     };
     let comparison = bench::compare::run(&opts).await?;
     assert_eq!(comparison.rows.len(), 9);
-    assert_eq!(comparison.measured.len(), 18);
+    assert_eq!(comparison.measured.len(), 36);
     for m in &comparison.measured {
         let report = m.report.as_ref().unwrap_or_else(|| panic!("{} {}: {:?}", m.system.name(), m.row, m.error));
         assert_eq!(report.summary.errors, 0, "{} {}: {:?}", m.system.name(), m.row, report.summary.error_counts);
         assert!(m.usage.peak_rss_bytes > 0 && m.usage.cpu_seconds >= 0.0);
+        assert!(m.headline.is_some_and(|h| h > 0.0), "{} {}", m.system.name(), m.row);
+        // Every run waited at least one window for both clusters to be quiet.
+        assert!(m.quiet.waited_seconds >= 1.0, "{} {}: {:?}", m.system.name(), m.row, m.quiet);
         if let Some(w) = &report.watch {
             assert_eq!(w.missing_events, 0, "{} {}", m.system.name(), m.row);
         }
     }
+    assert_interleaved(&comparison);
+    assert_results_file(&opts)?;
+    Ok(())
+}
+
+/// Runs are taken row by row, etcd geobuk geobuk etcd in row 0, the reverse in row 1, and so on.
+fn assert_interleaved(comparison: &bench::compare::Comparison) {
+    let (e, g) = (System::Etcd, System::Geobuk);
+    for (r, row) in comparison.rows.iter().enumerate() {
+        let runs: Vec<(System, usize)> =
+            comparison.measured[r * 4..r * 4 + 4].iter().map(|m| (m.system, m.repeat)).collect();
+        let expected = if r % 2 == 0 { [(e, 0), (g, 0), (g, 1), (e, 1)] } else { [(g, 0), (e, 0), (e, 1), (g, 1)] };
+        assert_eq!(runs, expected, "row {row}");
+        assert!(comparison.measured[r * 4..r * 4 + 4].iter().all(|m| &m.row == row));
+    }
+}
+
+fn assert_results_file(opts: &CompareOpts) -> Result<()> {
     let md = std::fs::read_to_string(&opts.out)?;
     let table: Vec<&str> = md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| row")).collect();
     assert_eq!(table.len(), 9, "{md}");
     for line in &table {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        assert!(cells[3].parse::<f64>().is_ok() && cells[4].parse::<f64>().is_ok(), "no figure on a side: {line}");
+        for cell in &cells[3..5] {
+            // "median (median of a / b)": the median is one of the two runs.
+            let (median, runs) = cell.split_once(" (median of ").unwrap_or_else(|| panic!("no runs: {line}"));
+            let runs: Vec<&str> = runs.trim_end_matches(')').split(" / ").collect();
+            assert!(median.parse::<f64>().is_ok() && runs.len() == 2 && runs[0] == median, "{line}");
+        }
     }
     assert!(md.contains("etcd Version: 3.4"), "{md}");
+    assert!(md.contains("The runs are interleaved") && md.contains("runs twice on each system"), "{md}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(opts.out.with_extension("json"))?)?;
-    assert_eq!(json["measured"].as_array().map(Vec::len), Some(18));
+    assert_eq!(json["measured"].as_array().map(Vec::len), Some(36));
+    assert_eq!(json["repeats"], 2);
     assert!(std::fs::read_to_string(opts.out.with_extension("svg"))?.contains("put-100"));
     Ok(())
 }

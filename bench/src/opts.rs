@@ -105,8 +105,9 @@ pub enum Command {
     WatchLatency(WatchLatencyOpts),
     /// Benchmark lease keep-alive round trips.
     LeaseKeepalive(LeaseKeepaliveOpts),
-    /// Start a three-member etcd and a three-member geobuk in turn, run the suite against
-    /// each, and write the side-by-side results (RESULTS.md, JSON, SVG chart).
+    /// Start a three-member etcd and a three-member geobuk, run the suite against both
+    /// (interleaved, `--repeats` runs each), and write the side-by-side results (RESULTS.md,
+    /// JSON, SVG chart).
     Compare(crate::compare::CompareOpts),
 }
 

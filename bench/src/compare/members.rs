@@ -1,6 +1,6 @@
-//! Resource use of the member processes during one row: peak RSS (VmHWM, reset before the row
-//! through /proc/PID/clear_refs) and CPU seconds (utime + stime from /proc/PID/stat), so the
-//! results file can set each system's throughput against what it cost.
+//! Resource use of the member processes during one run of a row: peak RSS (VmHWM, reset before
+//! the run through /proc/PID/clear_refs) and CPU seconds (utime + stime from /proc/PID/stat), so
+//! the results file can set each system's throughput against what it cost.
 
 use std::path::Path;
 
@@ -43,13 +43,13 @@ pub fn reset_peak_rss(pid: u32) -> Result<()> {
     std::fs::write(Path::new(&path), "5").with_context(|| format!("write {path}"))
 }
 
-/// A row's view of the members: CPU seconds at the start, for the difference at the end.
+/// A run's view of the members: CPU seconds at the start, for the difference at the end.
 pub struct Sample {
     pids: Vec<u32>,
     cpu_start: Vec<f64>,
 }
 
-/// What the members used during a row.
+/// What the members used during a run.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Usage {
     /// CPU seconds of all members together.

@@ -1,5 +1,6 @@
-//! The results file: one table with both systems per row, the ratio and whether the row's
-//! target is met, the machine it ran on and the exact commands; plus the raw JSON and the chart.
+//! The results file: one table with both systems per row (each row's median run, every run's
+//! headline beside it), the ratio and whether the row's target is met, the machine it ran on,
+//! how the runs were ordered and the exact commands; plus the raw JSON (every run) and the chart.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::suite::{Headline, Row};
-use super::{CompareOpts, Comparison, Measured, System, chart, headline};
+use super::{CompareOpts, Comparison, Measured, System, chart, headline, quiet, schedule};
 
 /// A row's figures on one system, flattened for the table.
 #[derive(Clone, Copy, Debug, Default)]
@@ -88,17 +89,104 @@ fn markdown(opts: &CompareOpts, rows: &[Row], c: &Comparison, svg: &Path) -> Str
     }
     s.push_str(
         "\nBoth clusters: three members on loopback, `--heartbeat-interval 100 --election-timeout 1000 \
-         --snapshot-count 100000`, every write fsynced on a majority before it is acknowledged. \
-         The clusters run one after the other, the load generator on the same machine.\n\n",
+         --snapshot-count 100000`, every write fsynced on a majority before it is acknowledged.\n\n",
     );
+    s.push_str(&method(c));
     s.push_str(&table(rows, c));
     let name = svg.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let _ = writeln!(s, "\n![geobuk / etcd per row]({name})\n");
-    s.push_str("## Commands\n\n`$ENDPOINTS` is the three members' client URLs. Each row, against each system:\n\n");
+    let _ = writeln!(
+        s,
+        "## Commands\n\n`$ENDPOINTS` is the three members' client URLs. Each row, against each system ({}):\n",
+        times(c.repeats)
+    );
     for row in rows {
         let _ = writeln!(s, "- `{}`: `{}`", row.id, row.command_line());
     }
+    s.push_str(&notes(c));
     s.push_str(&errors(c));
+    s
+}
+
+/// How the runs were ordered and which one a row reports: host speed drifts by tens of percent
+/// within minutes, so the order is part of what the figures mean.
+fn method(c: &Comparison) -> String {
+    let names: Vec<&str> = c.versions.iter().map(|(s, _)| s.name()).collect();
+    let mut s = format!(
+        "Method: the {} stay up for the whole run, the load generator on the same machine. ",
+        if names.len() > 1 { "clusters" } else { "cluster" }
+    );
+    if names.len() > 1 {
+        let systems: Vec<System> = c.versions.iter().map(|(s, _)| *s).collect();
+        let slots = schedule::order(2, &systems, c.repeats);
+        let row = |r: usize| slots.iter().filter(|s| s.row == r).map(|s| s.system.name()).collect::<Vec<_>>().join(" ");
+        let _ = write!(
+            s,
+            "The runs are interleaved: each row runs on every system back to back, and the system that \
+             goes first alternates from row to row and from repeat to repeat (row 0: {}, row 1: {}, …), \
+             so a drift of the host's speed hits all alike. ",
+            row(0),
+            row(1)
+        );
+    }
+    let _ = write!(
+        s,
+        "Every row runs {} on each system. Before every run the measured cluster must be healthy and \
+         the members of all clusters together must use less than {:.0} % of one core per member \
+         over {} s (so neither is measured while the other still flushes or compacts); the wait is at \
+         most {} s, and a run that started without a quiet window has a note below. CPU seconds and \
+         peak RSS are those of the measured system's members during its run.",
+        times(c.repeats),
+        quiet::QUIET_CPU_PER_MEMBER * 100.0,
+        quiet::QUIET_WINDOW.as_secs(),
+        quiet::QUIET_TIMEOUT.as_secs()
+    );
+    if c.repeats > 1 {
+        s.push_str(
+            " A row's figures are those of its run with the median headline (the lower middle for an \
+             even count; failed runs left out), every run's headline in brackets; RESULTS.json has \
+             every run.",
+        );
+    }
+    s.push_str("\n\n");
+    s
+}
+
+fn times(n: usize) -> String {
+    match n {
+        1 => "once".into(),
+        2 => "twice".into(),
+        n => format!("{n} times"),
+    }
+}
+
+/// The reported headline of a row on a system, followed by every run's when there were several.
+fn headline_cell(row: &Row, c: &Comparison, system: System, reported: Option<Figures>) -> String {
+    let Some(f) = reported else { return "—".into() };
+    let runs = c.runs(row.id, system);
+    if runs.len() < 2 {
+        return format!("{:.0}", f.headline);
+    }
+    let mut ok: Vec<f64> = runs.iter().filter_map(|m| m.headline).collect();
+    ok.sort_by(f64::total_cmp);
+    let mut all: Vec<String> = ok.iter().map(|h| format!("{h:.0}")).collect();
+    all.extend(runs.iter().filter(|m| m.headline.is_none()).map(|_| "failed".to_string()));
+    format!("{:.0} (median of {})", f.headline, all.join(" / "))
+}
+
+/// "run k of N" when a row ran more than once, else nothing.
+fn run_label(c: &Comparison, m: &Measured) -> String {
+    if c.repeats > 1 { format!(" (run {} of {})", m.repeat + 1, c.repeats) } else { String::new() }
+}
+
+fn notes(c: &Comparison) -> String {
+    let mut s = String::new();
+    for m in c.measured.iter().filter(|m| !m.notes.is_empty()) {
+        if s.is_empty() {
+            s.push_str("\n## Notes\n\n");
+        }
+        let _ = writeln!(s, "- {} {}{}: {}", m.system.name(), m.row, run_label(c, m), m.notes.join("; "));
+    }
     s
 }
 
@@ -122,8 +210,8 @@ fn table(rows: &[Row], c: &Comparison) -> String {
             s,
             "| {} | {metric} | {} | {} | {ratio} | {} | {} | {} | {} | {} | {} | {needs} | {} |",
             row.title,
-            f(e, |x| format!("{:.0}", x.headline)),
-            f(g, |x| format!("{:.0}", x.headline)),
+            headline_cell(row, c, System::Etcd, e),
+            headline_cell(row, c, System::Geobuk, g),
             f(e, |x| format!("{:.1}", x.p99_ms)),
             f(g, |x| format!("{:.1}", x.p99_ms)),
             f(e, |x| format!("{:.1}", x.cpu_seconds)),
@@ -152,7 +240,7 @@ fn errors(c: &Comparison) -> String {
                 let r = m.report.as_ref().map(|r| format!("{:?}", r.summary.error_counts));
                 format!("{failed} failed ops: {}", r.unwrap_or_default())
             });
-            let _ = writeln!(s, "- {} {}: {what}", m.system.name(), m.row);
+            let _ = writeln!(s, "- {} {}{}: {what}", m.system.name(), m.row, run_label(c, m));
         }
     }
     s
@@ -184,6 +272,7 @@ fn machine() -> String {
 mod tests {
     use super::*;
     use crate::compare::suite::rows;
+    use crate::report::Report;
 
     fn fig(headline: f64, p99_ms: f64, rss: u64) -> Option<Figures> {
         Some(Figures { headline, p99_ms, peak_rss_bytes: rss, ..Default::default() })
@@ -201,5 +290,111 @@ mod tests {
         let range_s = rows.iter().find(|r| r.id == "range-s").unwrap();
         assert_eq!(verdict(range_s, fig(1.0, 1.0, 1), fig(0.1, 9.0, 9)).0, None, "no target");
         assert_eq!(verdict(put100, None, fig(1.0, 1.0, 1)).0, None, "a side is missing");
+    }
+
+    /// One run of put-100: ops/s `headline` with request p99 `p99_ms`, or a failed run.
+    fn run(system: System, repeat: usize, figures: Option<(f64, f64)>) -> Measured {
+        let report = figures.map(|(ops, p99)| {
+            let mut r = Report::default();
+            r.summary.ops_per_sec = ops;
+            r.summary.latency_ms.p99 = p99;
+            r
+        });
+        Measured {
+            row: "put-100".into(),
+            system,
+            repeat,
+            headline: figures.map(|f| f.0),
+            error: figures.is_none().then(|| format!("{} died", system.name())),
+            report,
+            usage: Default::default(),
+            quiet: Default::default(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn comparison(repeats: usize, measured: Vec<Measured>) -> Comparison {
+        let versions = vec![(System::Etcd, "3.4".into()), (System::Geobuk, "0.1".into())];
+        Comparison { rows: vec!["put-100".into()], repeats, measured, versions }
+    }
+
+    fn opts() -> CompareOpts {
+        CompareOpts {
+            systems: vec![System::Etcd, System::Geobuk],
+            geobuk_bin: None,
+            etcd_bin: "etcd".into(),
+            work_dir: "members".into(),
+            out: "RESULTS.md".into(),
+            scale: 1.0,
+            load_keys: 1_000_000,
+            rows: Vec::new(),
+            repeats: 1,
+        }
+    }
+
+    fn put100() -> Vec<Row> {
+        rows(1.0, 1_000_000).into_iter().filter(|r| r.id == "put-100").collect()
+    }
+
+    #[test]
+    fn the_table_reports_each_sides_median_run_beside_every_run() {
+        let (e, g) = (System::Etcd, System::Geobuk);
+        let c = comparison(
+            3,
+            vec![
+                run(e, 0, Some((7400.0, 1.0))),
+                run(g, 0, Some((12000.0, 4.0))),
+                run(g, 1, None),
+                run(e, 1, Some((6900.0, 2.0))),
+                run(e, 2, Some((7120.0, 3.0))),
+                run(g, 2, Some((10000.0, 5.0))),
+            ],
+        );
+        let rows = put100();
+        let table = table(&rows, &c);
+        let line = table.lines().nth(2).unwrap();
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert_eq!(cells[3], "7120 (median of 6900 / 7120 / 7400)", "{line}");
+        // The failed run is left out: the lower middle of 10000 and 12000.
+        assert_eq!(cells[4], "10000 (median of 10000 / 12000 / failed)", "{line}");
+        assert_eq!(cells[5], "1.40", "the ratio of the medians: {line}");
+        // The other columns come from the median runs too.
+        assert_eq!((cells[6], cells[7]), ("3.0", "5.0"), "{line}");
+        assert_eq!(chart::ratios(&rows, &c), [("put-100".to_string(), 10000.0 / 7120.0)]);
+        let md = markdown(&opts(), &rows, &c, Path::new("RESULTS.svg"));
+        assert!(md.contains("runs 3 times on each system") && md.contains("median headline"), "{md}");
+        assert!(md.contains("(row 0: etcd geobuk geobuk etcd etcd geobuk, row 1: geobuk etcd"), "{md}");
+        assert!(md.contains("- geobuk put-100 (run 2 of 3): geobuk died"), "{md}");
+    }
+
+    #[test]
+    fn a_row_whose_runs_all_failed_shows_the_error() {
+        let (e, g) = (System::Etcd, System::Geobuk);
+        let c = comparison(2, vec![run(e, 0, Some((5.0, 1.0))), run(g, 0, None), run(g, 1, None), run(e, 1, None)]);
+        assert_eq!(c.get("put-100", g).and_then(|m| m.error.as_deref()), Some("geobuk died"));
+        let rows = put100();
+        let line = table(&rows, &c).lines().nth(2).unwrap().to_string();
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert_eq!((cells[3], cells[4], cells[5]), ("5 (median of 5 / failed)", "—", "—"), "{line}");
+        let errors = errors(&c);
+        assert!(errors.contains("- geobuk put-100 (run 1 of 2): geobuk died"), "{errors}");
+        assert!(errors.contains("- geobuk put-100 (run 2 of 2): geobuk died"), "{errors}");
+        assert!(errors.contains("- etcd put-100 (run 2 of 2): etcd died"), "{errors}");
+    }
+
+    #[test]
+    fn one_run_per_row_reads_as_before_and_notes_are_listed() {
+        let mut late = run(System::Geobuk, 0, Some((900.0, 1.0)));
+        late.notes.push("not quiet".into());
+        let c = comparison(1, vec![run(System::Etcd, 0, Some((1000.0, 1.0))), late]);
+        let rows = put100();
+        let md = markdown(&opts(), &rows, &c, Path::new("RESULTS.svg"));
+        let line = md.lines().find(|l| l.starts_with("| put, 100")).unwrap();
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert_eq!((cells[3], cells[4], cells[5]), ("1000", "900", "0.90"), "{line}");
+        assert!(md.contains("runs once on each system") && !md.contains("median headline"), "{md}");
+        assert!(md.contains("(row 0: etcd geobuk, row 1: geobuk etcd, …)"), "{md}");
+        assert!(md.contains("## Notes\n\n- geobuk put-100: not quiet\n"), "{md}");
+        assert!(!md.contains("## Errors"), "{md}");
     }
 }
