@@ -365,6 +365,11 @@ impl Metrics {
         self.backend_commit.observe(took.as_secs_f64());
     }
 
+    /// How many state-machine writes were committed to the backend.
+    pub fn backend_commits(&self) -> u64 {
+        self.backend_commit.get_sample_count()
+    }
+
     /// A batch of `proposals` left for the leader.
     pub fn forward_batch_sent(&self, proposals: usize) {
         self.forward_batches.inc();

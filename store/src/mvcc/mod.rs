@@ -14,8 +14,8 @@ pub use codec::Record;
 pub use compact::{Compactor, check_compact};
 pub use hash::hash_kv;
 pub use read::{RangeQuery, RangeResult, ReadView, SortOrder, SortTarget};
-pub use write::WriteTxn;
 pub(crate) use write::lease_keys;
+pub use write::{Overlay, WriteTxn};
 
 use bytes::Bytes;
 

@@ -12,25 +12,37 @@ use super::{Event, EventKind, KeyValue, META_REVISION, range};
 use crate::engine::{Engine, EngineError, cf};
 use crate::error::StoreError;
 
+/// Live keys changed by writes not yet in the database (`None`: deleted), which reads of later
+/// changes must see.
+pub type Overlay = BTreeMap<Bytes, Option<KeyValue>>;
+
 /// The changes of one write txn, all at revision `current + 1`.
 pub struct WriteTxn<'a> {
     engine: &'a Engine,
     view: ReadView<'a>,
     revision: i64,
     batch: WriteBatch,
-    overlay: BTreeMap<Bytes, Option<KeyValue>>,
+    overlay: Overlay,
     events: Vec<Event>,
 }
 
 impl<'a> WriteTxn<'a> {
     /// Starts a txn on top of revision `current`.
     pub fn new(engine: &'a Engine, current: i64, compacted: i64) -> Self {
+        Self::resume(engine, current, compacted, WriteBatch::default(), Overlay::new())
+    }
+
+    /// Starts a txn on top of revision `current` whose earlier revisions are staged in `batch`
+    /// (not yet written) with their live keys in `overlay`: apply writes consecutive entries in
+    /// one batch. Reads at the current revision see them; reads at older revisions must not be
+    /// made (the database does not hold those revisions yet).
+    pub fn resume(engine: &'a Engine, current: i64, compacted: i64, batch: WriteBatch, overlay: Overlay) -> Self {
         WriteTxn {
             engine,
             view: ReadView::live(engine, current, compacted),
             revision: current + 1,
-            batch: WriteBatch::default(),
-            overlay: BTreeMap::new(),
+            batch,
+            overlay,
             events: Vec::new(),
         }
     }
@@ -160,12 +172,18 @@ impl<'a> WriteTxn<'a> {
 
     /// Ends the txn: the batch to write atomically, the store revision after
     /// it, and the events (empty when nothing changed: no new revision).
-    pub fn finish(mut self) -> (WriteBatch, i64, Vec<Event>) {
+    pub fn finish(self) -> (WriteBatch, i64, Vec<Event>) {
+        let (batch, _, revision, events) = self.finish_with_overlay();
+        (batch, revision, events)
+    }
+
+    /// [`WriteTxn::finish`] that also hands back the overlay, for [`WriteTxn::resume`].
+    pub fn finish_with_overlay(mut self) -> (WriteBatch, Overlay, i64, Vec<Event>) {
         if self.events.is_empty() {
-            return (self.batch, self.view.current, self.events);
+            return (self.batch, self.overlay, self.view.current, self.events);
         }
         self.batch.put_cf(self.engine.cf(cf::SM_META), META_REVISION, self.revision.to_be_bytes());
-        (self.batch, self.revision, self.events)
+        (self.batch, self.overlay, self.revision, self.events)
     }
 }
 

@@ -4,6 +4,9 @@
 pub mod apply;
 pub mod codec;
 pub mod dedup;
+pub mod group;
+#[cfg(test)]
+mod group_tests;
 pub mod log_cache;
 pub mod log_store;
 pub mod state_machine;

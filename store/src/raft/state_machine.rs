@@ -7,7 +7,7 @@ use std::io;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use prost::Message;
 use rocksdb::WriteBatch;
@@ -16,12 +16,13 @@ use tokio::sync::watch;
 use super::apply::{self, header};
 use super::codec;
 use super::dedup;
+use super::group::{self, Group};
 use super::types::{Applied, LogId, StoredMembership, TypeConfig};
 use crate::engine::{Engine, EngineError, cf};
 use crate::error::StoreError;
 use crate::lease::Lessor;
 use crate::metrics::Metrics;
-use crate::mvcc::{self, Event, WriteTxn};
+use crate::mvcc::{self, Event, Overlay, WriteTxn};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::raftlog::{self, command::Op};
 use crate::snapshot::{self, Published, SnapshotData, SnapshotDir, SnapshotInfo};
@@ -190,17 +191,37 @@ impl StateMachine {
     }
 
     fn apply_kv(&mut self, req: pb::TxnRequest, kind: KvKind) -> (WriteBatch, Vec<Event>, Applied) {
+        let (batch, _, events, applied) = self.run_kv(WriteBatch::default(), Overlay::new(), req, kind);
+        (batch, events, applied)
+    }
+
+    /// Runs a KV txn on top of the staged, unwritten `batch`/`overlay` (see [`WriteTxn::resume`]).
+    /// A rejected txn stages nothing; if one did, that is a bug reported as an internal error,
+    /// which stops the member rather than write a partial txn.
+    fn run_kv(
+        &mut self,
+        batch: WriteBatch,
+        overlay: Overlay,
+        req: pb::TxnRequest,
+        kind: KvKind,
+    ) -> (WriteBatch, Overlay, Vec<Event>, Applied) {
         let engine = self.shared.engine.clone();
-        let mut txn = WriteTxn::new(&engine, self.rev.current, self.rev.compacted);
-        match apply::apply_txn(&engine, &mut txn, &req) {
-            Err(e) => (WriteBatch::default(), Vec::new(), Applied::Rejected(e)),
+        let staged_before = batch.len();
+        let mut txn = WriteTxn::resume(&engine, self.rev.current, self.rev.compacted, batch, overlay);
+        let result = apply::apply_txn(&engine, &mut txn, &req);
+        let (batch, overlay, revision, events) = txn.finish_with_overlay();
+        let applied = match result {
+            Err(_) if !events.is_empty() || batch.len() != staged_before => {
+                Applied::Rejected(StoreError::Internal("a rejected txn staged writes".into()))
+            }
+            Err(e) => Applied::Rejected(e),
             Ok(mut resp) => {
-                let (batch, revision, events) = txn.finish();
                 self.rev.current = revision;
                 resp.header = header(revision);
-                (batch, events, kind.answer(resp))
+                kind.answer(resp)
             }
-        }
+        };
+        (batch, overlay, events, applied)
     }
 
     fn apply_compact(&mut self, revision: i64) -> (WriteBatch, Vec<Event>, Applied) {
@@ -283,10 +304,7 @@ impl StateMachine {
                 (b, Vec::new(), Applied::Nothing)
             }
         };
-        let index = entry.log_id.index;
-        if index.is_multiple_of(dedup::DEDUP_PRUNE_EVERY) && index > dedup::DEDUP_WINDOW_ENTRIES {
-            dedup::prune(self.engine(), &mut batch, index - dedup::DEDUP_WINDOW_ENTRIES).map_err(io_err)?;
-        }
+        self.prune_dedup(&mut batch, entry.log_id.index)?;
         if let Applied::Rejected(StoreError::Internal(e)) = &applied {
             // Storage failed mid-apply: stop rather than diverge from peers.
             return Err(io_err(e));
@@ -298,6 +316,86 @@ impl StateMachine {
         self.shared.metrics.observe_backend_commit(started.elapsed());
         self.after_write(&events, &applied);
         Ok(applied)
+    }
+
+    /// Forgets request ids older than the dedup window, at deterministic indexes.
+    fn prune_dedup(&self, batch: &mut WriteBatch, index: u64) -> Result<(), io::Error> {
+        if index.is_multiple_of(dedup::DEDUP_PRUNE_EVERY) && index > dedup::DEDUP_WINDOW_ENTRIES {
+            dedup::prune(self.engine(), batch, index - dedup::DEDUP_WINDOW_ENTRIES).map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a groupable KV command (see [`group::groupable`]) into `group`; its reply is sent
+    /// once the group is written.
+    fn apply_in_group(
+        &mut self,
+        group: &mut Group,
+        entry: &super::types::Entry,
+        cmd: raftlog::Command,
+        responder: Option<ApplyResponder<TypeConfig>>,
+    ) -> Result<(), io::Error> {
+        let recorded = match cmd.request_id {
+            0 => None,
+            id => match group.dedup.get(&id) {
+                Some(first) => Some(first.clone()),
+                None => dedup::lookup(self.engine(), id).map_err(io_err)?,
+            },
+        };
+        let applied = match recorded {
+            Some(first) => first,
+            None => {
+                let (req, kind) = match cmd.op {
+                    Some(Op::Put(p)) => (apply::single_op_txn(pb::request_op::Request::RequestPut(p)), KvKind::Put),
+                    Some(Op::DeleteRange(d)) => {
+                        (apply::single_op_txn(pb::request_op::Request::RequestDeleteRange(d)), KvKind::Delete)
+                    }
+                    Some(Op::Txn(t)) => (t, KvKind::Txn),
+                    _ => return Err(io_err("a command that cannot be grouped was grouped")),
+                };
+                let (batch, overlay) = (std::mem::take(&mut group.batch), std::mem::take(&mut group.overlay));
+                let (batch, overlay, events, applied) = self.run_kv(batch, overlay, req, kind);
+                (group.batch, group.overlay) = (batch, overlay);
+                if let Applied::Rejected(StoreError::Internal(e)) = &applied {
+                    return Err(io_err(e));
+                }
+                if !events.is_empty() {
+                    group.events.push(events);
+                }
+                if cmd.request_id != 0 {
+                    dedup::record(self.engine(), &mut group.batch, cmd.request_id, entry.log_id.index, &applied);
+                    group.dedup.insert(cmd.request_id, applied.clone());
+                }
+                applied
+            }
+        };
+        self.prune_dedup(&mut group.batch, entry.log_id.index)?;
+        group.last_applied = Some(entry.log_id);
+        group.answers.push((responder, applied));
+        Ok(())
+    }
+
+    /// Writes a group's batch with `last_applied` in one RocksDB write, then publishes its
+    /// events and answers its proposers.
+    fn write_group(&mut self, mut group: Group) -> Result<(), io::Error> {
+        let Some(last) = group.last_applied else {
+            return Ok(());
+        };
+        self.last_applied = Some(last);
+        group.batch.put_cf(self.engine().cf(cf::SM_META), META_LAST_APPLIED, codec::encode_log_id(&last));
+        let started = std::time::Instant::now();
+        self.engine().db().write(group.batch).map_err(io_err)?;
+        self.shared.metrics.observe_backend_commit(started.elapsed());
+        for events in &group.events {
+            self.publish(events);
+        }
+        self.shared.revisions.send_replace(self.rev);
+        for (responder, applied) in group.answers {
+            if let Some(r) = responder {
+                r.send(applied);
+            }
+        }
+        Ok(())
     }
 
     fn after_write(&self, events: &[Event], applied: &Applied) {
@@ -424,14 +522,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let mut group = Group::default();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            let groupable = match &entry.payload {
+                EntryPayload::Normal(cmd) => raftlog::Command::decode(&cmd.0[..]).ok().filter(group::groupable),
+                _ => None,
+            };
+            if let Some(cmd) = groupable {
+                self.apply_in_group(&mut group, &entry, cmd, responder)?;
+                if group.is_full() {
+                    self.write_group(std::mem::take(&mut group))?;
+                }
+                continue;
+            }
+            self.write_group(std::mem::take(&mut group))?;
             let applied = self.apply_entry(&entry)?;
             if let Some(r) = responder {
                 r.send(applied);
             }
         }
-        Ok(())
+        self.write_group(group)
     }
 
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
