@@ -217,6 +217,10 @@ async fn follower_forwards_concurrent_puts_in_batches() -> Result<()> {
     ensure!(proposals >= puts as f64, "{proposals} proposals forwarded for {puts} puts");
     // 100 puts in flight, at most 4 batches: proposals wait for a batch to return and leave together.
     ensure!(batches * 2.0 <= proposals, "{proposals} proposals took {batches} batches");
+    // The leader replicates to this follower over a pipelined AppendEntries stream.
+    let (streams, appends) = (total("geobuk_append_streams_total"), total("geobuk_streamed_appends_total"));
+    eprintln!("{appends} AppendEntries on {streams} streams");
+    ensure!(streams >= 1.0 && appends >= 1.0, "no AppendEntries arrived on a stream");
     Ok(())
 }
 

@@ -195,6 +195,8 @@ pub struct Metrics {
     healthchecks_total: IntCounterVec,
     forward_batches: IntCounter,
     forwarded_proposals: IntCounter,
+    append_streams: IntCounter,
+    streamed_appends: IntCounter,
     /// The leader last seen by [`Metrics::observe_leader`].
     last_leader: Mutex<Option<u64>>,
 }
@@ -256,6 +258,14 @@ impl Metrics {
             forwarded_proposals: counter(
                 "geobuk_forwarded_proposals_total",
                 "Proposals this member forwarded to the leader (attempts, in batches).",
+            ),
+            append_streams: counter(
+                "geobuk_append_streams_total",
+                "Pipelined AppendEntries streams a leader opened to this member.",
+            ),
+            streamed_appends: counter(
+                "geobuk_streamed_appends_total",
+                "AppendEntries requests this member received on pipelined streams.",
             ),
             proposals_failed: counter(
                 "etcd_server_proposals_failed_total",
@@ -371,6 +381,16 @@ impl Metrics {
     }
 
     /// A batch of `proposals` left for the leader.
+    /// A leader opened a pipelined AppendEntries stream to this member.
+    pub fn append_stream_opened(&self) {
+        self.append_streams.inc();
+    }
+
+    /// An AppendEntries request arrived on a pipelined stream.
+    pub fn streamed_append_received(&self) {
+        self.streamed_appends.inc();
+    }
+
     pub fn forward_batch_sent(&self, proposals: usize) {
         self.forward_batches.inc();
         self.forwarded_proposals.inc_by(proposals as u64);

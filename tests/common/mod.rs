@@ -115,6 +115,12 @@ impl TestServer {
         self.port
     }
 
+    /// `http://127.0.0.1:PORT`, the peer URL (geobuk's peer protocol).
+    #[allow(dead_code)]
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
     /// The data directory handed to the server.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

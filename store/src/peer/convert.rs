@@ -1,7 +1,9 @@
 //! Conversions between openraft's RPC messages and the peer protocol. Input
 //! from a peer is untrusted: every decode returns an error, never panics.
 
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult, VoteRequest, VoteResponse,
+};
 
 use crate::proto::peerpb as pb;
 use crate::proto::raftlog;
@@ -97,6 +99,27 @@ pub fn append_reply_from_pb(r: &pb::AppendReply) -> Result<AppendEntriesResponse
     })
 }
 
+/// openraft → wire, one reply of a pipelined append stream.
+pub fn stream_reply_to_pb(r: &StreamAppendResult<TypeConfig>) -> pb::StreamAppendReply {
+    use pb::stream_append_reply::Result as R;
+    let result = match r {
+        Ok(matching) => R::Matched(pb::PartialSuccess { matching: matching.as_ref().map(codec::log_id_to_pb) }),
+        Err(StreamAppendError::Conflict(at)) => R::Conflict(codec::log_id_to_pb(at)),
+        Err(StreamAppendError::HigherVote(v)) => R::HigherVote(codec::vote_to_pb(v)),
+    };
+    pb::StreamAppendReply { result: Some(result) }
+}
+
+/// wire → openraft, one reply of a pipelined append stream.
+pub fn stream_reply_from_pb(r: &pb::StreamAppendReply) -> Result<StreamAppendResult<TypeConfig>, CodecError> {
+    use pb::stream_append_reply::Result as R;
+    Ok(match r.result.as_ref().ok_or(CodecError::MissingField("StreamAppendReply.result"))? {
+        R::Matched(m) => Ok(m.matching.as_ref().map(codec::log_id_from_pb)),
+        R::Conflict(at) => Err(StreamAppendError::Conflict(codec::log_id_from_pb(at))),
+        R::HigherVote(v) => Err(StreamAppendError::HigherVote(codec::vote_from_pb(v))),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +144,15 @@ mod tests {
         assert!(vote_request_from_pb(&pb::VoteRequest::default()).is_err());
         assert!(append_request_from_pb(pb::AppendRequest::default()).is_err());
         assert!(append_reply_from_pb(&pb::AppendReply::default()).is_err());
+        for r in [
+            Ok(Some(log_id(2, 1, 9))),
+            Ok(None),
+            Err(StreamAppendError::Conflict(log_id(2, 1, 4))),
+            Err(StreamAppendError::HigherVote(Vote::new(5, 3))),
+        ] {
+            assert_eq!(stream_reply_from_pb(&stream_reply_to_pb(&r)).unwrap(), r);
+        }
+        assert!(stream_reply_from_pb(&pb::StreamAppendReply::default()).is_err());
         let bad_entry = pb::AppendRequest {
             vote: Some(codec::vote_to_pb(&vote)),
             entries: vec![raftlog::LogEntry::default()],

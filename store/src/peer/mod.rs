@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod network;
 pub mod server;
+pub mod stream_append;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

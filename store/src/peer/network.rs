@@ -4,17 +4,19 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkV2};
 use tokio::io::AsyncReadExt;
 use tonic::Code;
 
-use super::{PeerClients, convert};
+use super::{PeerClients, convert, stream_append};
 use crate::metrics::Metrics;
 use crate::proto::peerpb as pb;
 use crate::raft::codec;
@@ -50,7 +52,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 /// Maps a transport or peer error: a peer we cannot talk to is Unreachable
 /// (openraft backs off), anything else is a network error.
-fn rpc_error(status: tonic::Status) -> RPCError<TypeConfig> {
+pub(super) fn rpc_error(status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
             RPCError::Unreachable(Unreachable::new(&std::io::Error::other(status.to_string())))
@@ -59,7 +61,7 @@ fn rpc_error(status: tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
-fn net_error(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
+pub(super) fn net_error(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
 }
 
@@ -148,6 +150,25 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let req = self.request(msg, &option);
         let reply = self.client()?.append_entries(req).await.map_err(rpc_error)?;
         convert::append_reply_from_pb(&reply.into_inner()).map_err(net_error)
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let client = self.client()?;
+            let replies =
+                stream_append::open(client, self.clients.route(self.target), input, option.hard_ttl()).await?;
+            Ok(replies as BoxStream<'s, _>)
+        })
     }
 
     async fn vote(

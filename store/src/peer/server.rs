@@ -9,7 +9,7 @@ use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert;
+use super::{convert, stream_append};
 use crate::error::StoreError;
 use crate::node::Node;
 use crate::node::forward::AttemptError;
@@ -102,6 +102,31 @@ impl Peer for PeerService {
         let append = convert::append_request_from_pb(req).map_err(bad_input)?;
         let reply = self.raft().append_entries(append).await.map_err(raft_failed)?;
         Ok(Response::new(convert::append_reply_to_pb(&reply)))
+    }
+
+    type StreamAppendStream = futures::stream::BoxStream<'static, Result<pb::StreamAppendReply, Status>>;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<pb::AppendRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let refused = Arc::new(std::sync::Mutex::new(None::<Status>));
+        let svc = self.clone();
+        self.node.metrics.append_stream_opened();
+        let check = move |msg: pb::AppendRequest| {
+            svc.check_route(msg.route.as_ref())?;
+            svc.node.metrics.streamed_append_received();
+            convert::append_request_from_pb(msg).map_err(bad_input)
+        };
+        let input = stream_append::requests(req.into_inner(), check, refused.clone());
+        let replies = self.raft().stream_append(input).map(|r| match r {
+            Ok(result) => Ok(convert::stream_reply_to_pb(&result)),
+            Err(fatal) => Err(raft_failed(fatal)),
+        });
+        // A refused request ended the input: after the replies owed, say why.
+        let why = futures::stream::once(async move { refused.lock().unwrap_or_else(|p| p.into_inner()).take() })
+            .filter_map(|status| async move { status.map(Err) });
+        Ok(Response::new(Box::pin(replies.chain(why))))
     }
 
     async fn install_snapshot(
