@@ -98,10 +98,22 @@ pub async fn serve_peers(
     let service = PeerServer::new(PeerService::new(node))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-    let grace = async move {
+    // A leader's append stream to this member ends when the node stops; the bounded grace is
+    // for a stream that does not (a stalled connection), as on the client side.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopping = async move {
         shutdown.await;
+        let _ = stop_tx.send(());
+        tokio::time::sleep(crate::limits::SHUTDOWN_GRACE).await;
     };
-    tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, grace).await?;
+    let server =
+        tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::select! {
+        res = server => res?,
+        _ = stopping => tracing::info!("closing peer connections still open after the shutdown grace period"),
+    }
     Ok(())
 }
 

@@ -161,6 +161,15 @@ impl Node {
         }
     }
 
+    /// Resolves once `stop` has begun: long-lived streams (a leader's append stream) end on it,
+    /// so that they do not hold the server's graceful shutdown open.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+
     /// Waits until this member's attributes are published (etcd serves clients only then, so a
     /// member that answers a client is always in the member list with its client URLs).
     pub async fn wait_published(&self) {

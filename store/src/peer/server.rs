@@ -118,7 +118,8 @@ impl Peer for PeerService {
             svc.node.metrics.streamed_append_received();
             convert::append_request_from_pb(msg).map_err(bad_input)
         };
-        let input = stream_append::requests(req.into_inner(), check, refused.clone());
+        // The leader keeps its stream open for as long as it leads: end it when this member stops.
+        let input = stream_append::requests(req.into_inner(), check, refused.clone()).take_until(self.node.stopping());
         let replies = self.raft().stream_append(input).map(|r| match r {
             Ok(result) => Ok(convert::stream_reply_to_pb(&result)),
             Err(fatal) => Err(raft_failed(fatal)),
