@@ -7,6 +7,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use store::config::{StoreConfig, parse_duration, parse_name_urls};
 
+/// mimalloc instead of glibc's malloc: a put allocates and frees dozens of small buffers
+/// across tokio's worker threads (HTTP/2 frames, protobuf messages, write batches), and
+/// glibc's arenas spent 8.7 % of the members' CPU on it under load (perf, put-100).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "geobuk", version, about = "A self-contained Kubernetes-style control plane")]
 struct Cli {
