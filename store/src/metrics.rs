@@ -380,7 +380,6 @@ impl Metrics {
         self.backend_commit.get_sample_count()
     }
 
-    /// A batch of `proposals` left for the leader.
     /// A leader opened a pipelined AppendEntries stream to this member.
     pub fn append_stream_opened(&self) {
         self.append_streams.inc();
@@ -391,6 +390,7 @@ impl Metrics {
         self.streamed_appends.inc();
     }
 
+    /// A batch of `proposals` left for the leader.
     pub fn forward_batch_sent(&self, proposals: usize) {
         self.forward_batches.inc();
         self.forwarded_proposals.inc_by(proposals as u64);

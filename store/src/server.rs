@@ -99,22 +99,36 @@ pub async fn serve_peers(
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     // A leader's append stream to this member ends when the node stops; the bounded grace is
-    // for a stream that does not (a stalled connection), as on the client side.
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let stopping = async move {
-        shutdown.await;
-        let _ = stop_tx.send(());
-        tokio::time::sleep(crate::limits::SHUTDOWN_GRACE).await;
-    };
+    // for a stream that does not (a stalled connection).
+    let (stopped, stopping) = bounded_grace(shutdown);
     let server =
-        tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
+        tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, stopped());
     tokio::select! {
         res = server => res?,
         _ = stopping => tracing::info!("closing peer connections still open after the shutdown grace period"),
     }
     Ok(())
+}
+
+/// A graceful shutdown with a bounded grace period: `stopped()` (one per server) resolves when
+/// `shutdown` does, starting the servers' graceful shutdown; `stopping` resolves
+/// `SHUTDOWN_GRACE` later, for the caller to close whatever is still open.
+fn bounded_grace(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (impl Fn() -> futures::future::BoxFuture<'static, ()>, impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || -> futures::future::BoxFuture<'static, ()> {
+        let mut rx = stop_rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        })
+    };
+    let stopping = async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+        tokio::time::sleep(crate::limits::SHUTDOWN_GRACE).await;
+    };
+    (stopped, stopping)
 }
 
 /// Aborts a background task when dropped, whichever way `serve` returns.
@@ -170,20 +184,8 @@ pub async fn serve(
     .flatten();
     tracing::info!(?addrs, ?metrics_addrs, member_id = format!("{:x}", node.member_id), "serving client requests");
 
-    // Long-lived streams (watch, keep-alive) would hold a graceful shutdown
-    // open forever: give requests in flight a bounded grace period.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stopped| *stopped).await;
-        }
-    };
-    let stopping = async move {
-        shutdown.await;
-        stop_tx.send_replace(true);
-        tokio::time::sleep(crate::limits::SHUTDOWN_GRACE).await;
-    };
+    // Long-lived streams (watch, keep-alive) would hold a graceful shutdown open forever.
+    let (stopped, stopping) = bounded_grace(shutdown);
 
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
