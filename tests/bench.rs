@@ -77,6 +77,21 @@ async fn every_subcommand_runs_against_a_one_member_store() -> Result<()> {
     Ok(())
 }
 
+/// A compare of every row at a tiny scale, its members and results under `dir`.
+fn tiny_compare(dir: &std::path::Path, systems: Vec<System>, repeats: usize) -> CompareOpts {
+    CompareOpts {
+        systems,
+        geobuk_bin: Some(env!("CARGO_BIN_EXE_geobuk").into()),
+        etcd_bin: jepsen::cluster::ETCD_BIN.into(),
+        work_dir: dir.join("members"),
+        out: dir.join("RESULTS.md"),
+        scale: 0.001,
+        load_keys: 200,
+        rows: Vec::new(),
+        repeats,
+    }
+}
+
 /// The compare command end to end at a tiny scale: both clusters start and stay up, every row
 /// runs twice on each, interleaved (who goes first alternating), each run after a quiet wait, and
 /// the results file (medians beside every run), its JSON (every run) and its chart are written.
@@ -90,17 +105,7 @@ async fn compare_writes_both_systems_side_by_side() -> Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let opts = CompareOpts {
-        systems: vec![System::Etcd, System::Geobuk],
-        geobuk_bin: Some(env!("CARGO_BIN_EXE_geobuk").into()),
-        etcd_bin: jepsen::cluster::ETCD_BIN.into(),
-        work_dir: dir.path().join("members"),
-        out: dir.path().join("RESULTS.md"),
-        scale: 0.001,
-        load_keys: 200,
-        rows: Vec::new(),
-        repeats: 2,
-    };
+    let opts = tiny_compare(dir.path(), vec![System::Etcd, System::Geobuk], 2);
     let comparison = bench::compare::run(&opts).await?;
     assert_eq!(comparison.rows.len(), 9);
     assert_eq!(comparison.measured.len(), 36);
@@ -117,6 +122,59 @@ async fn compare_writes_both_systems_side_by_side() -> Result<()> {
     }
     assert_interleaved(&comparison);
     assert_results_file(&opts)?;
+    Ok(())
+}
+
+/// A member that dies mid-compare (here SIGKILLed as soon as it runs) does not abort the
+/// compare: the run after its death fails naming it, with its log's tail, that system's later
+/// runs are skipped without waiting, and every row still reaches the results file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_dying_mid_compare_is_named_and_the_rest_is_written() -> Result<()> {
+    if common::skip_on_etcd("compare starts its own clusters") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let opts = tiny_compare(dir.path(), vec![System::Geobuk], 1);
+    let member_dir = opts.work_dir.join("geobuk").display().to_string();
+    let compare = tokio::spawn({
+        let opts = opts.clone();
+        async move { bench::compare::run(&opts).await }
+    });
+    // Once the cluster is up and the range key written, the compare is past its start and has
+    // at least a quiet window per row (9 rows) to go, so the kill lands mid-compare.
+    let (victim, endpoint) = loop {
+        let out = std::process::Command::new("pgrep").args(["-af", &member_dir]).output()?;
+        let line = String::from_utf8_lossy(&out.stdout).lines().next().map(str::to_string);
+        if let Some(line) = line {
+            let args: Vec<&str> = line.split_whitespace().collect();
+            let url = args.iter().position(|a| *a == "--listen-client-urls").and_then(|i| args.get(i + 1));
+            break (args[0].to_string(), url.expect("member has a client URL").to_string());
+        }
+        assert!(!compare.is_finished(), "the compare ended before its members were seen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    loop {
+        let written = match etcd_client::Client::connect([endpoint.as_str()], None).await {
+            Ok(mut c) => c.get(bench::compare::suite::RANGE_KEY, None).await.is_ok_and(|r| !r.kvs().is_empty()),
+            Err(_) => false,
+        };
+        if written {
+            break;
+        }
+        assert!(!compare.is_finished(), "the compare ended before it wrote the range key");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(std::process::Command::new("kill").args(["-9", &victim]).status()?.success());
+    let comparison = compare.await??;
+    assert_eq!(comparison.measured.len(), 9, "every row is recorded");
+    let errors: Vec<&str> = comparison.measured.iter().filter_map(|m| m.error.as_deref()).collect();
+    let deaths: Vec<&&str> = errors.iter().filter(|e| e.contains(&format!("(pid {victim}) exited"))).collect();
+    assert_eq!(deaths.len(), 1, "the death is reported once: {errors:?}");
+    assert!(deaths[0].contains("signal: 9") && deaths[0].contains("its log ends:"), "{}", deaths[0]);
+    let after = comparison.measured.iter().skip_while(|m| !m.error.as_deref().is_some_and(|e| e.contains("exited")));
+    assert!(after.skip(1).all(|m| m.error.as_deref().is_some_and(|e| e.starts_with("skipped: a geobuk member died"))));
+    let md = std::fs::read_to_string(&opts.out)?;
+    assert!(md.contains("## Errors") && md.contains(&format!("(pid {victim}) exited")), "{md}");
     Ok(())
 }
 

@@ -100,6 +100,11 @@ impl Member {
         self.child.as_ref().map(Child::id)
     }
 
+    /// How the process ended, once it has (reaping it); `None` while it runs or was never started.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// True while the process exists (paused or not).
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
@@ -330,6 +335,10 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + limit;
         let mut last = anyhow!("no probe yet");
         while tokio::time::Instant::now() < deadline {
+            // An exited process does not come back by waiting: say so now, not at the deadline.
+            if let Some(m) = self.members.iter_mut().find_map(|m| (!m.is_running()).then_some(m)) {
+                bail!("{} is not running", m.name);
+            }
             match self.probe_healthy().await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,

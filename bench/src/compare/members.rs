@@ -43,6 +43,18 @@ pub fn reset_peak_rss(pid: u32) -> Result<()> {
     std::fs::write(Path::new(&path), "5").with_context(|| format!("write {path}"))
 }
 
+/// The last `lines` lines of a member's log (what it said before it died), or why it is unreadable.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
 /// A run's view of the members: CPU seconds at the start, for the difference at the end.
 pub struct Sample {
     pids: Vec<u32>,
@@ -91,10 +103,21 @@ mod tests {
     }
 
     #[test]
+    fn quotes_the_end_of_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.log");
+        std::fs::write(&path, "one\ntwo\nthree\n").unwrap();
+        assert_eq!(log_tail(&path, 2), "two\nthree");
+        assert_eq!(log_tail(&path, 10), "one\ntwo\nthree");
+        assert!(log_tail(&dir.path().join("missing.log"), 2).starts_with("(cannot read"));
+    }
+
+    #[test]
     fn measures_this_process() {
         let pid = std::process::id();
         // Touch 64 MiB so the peak is visibly above zero, then check it is reported.
-        let block = vec![1u8; 64 << 20];
+        // black_box: an optimised build would otherwise elide the unused allocation.
+        let block = std::hint::black_box(vec![1u8; 64 << 20]);
         let peak = peak_rss_bytes(pid).unwrap();
         assert!(peak >= 64 << 20, "peak RSS {peak} below the 64 MiB just touched");
         drop(block);

@@ -27,6 +27,8 @@ use suite::Row;
 
 /// How long a cluster may take to agree on a leader and catch up between rows.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines of a dead member's log quoted in the results.
+const DEATH_LOG_LINES: usize = 15;
 /// Most runs of one row on one system (`--repeats`): each full-scale repeat adds ~11 minutes.
 pub const REPEATS_MAX: usize = 99;
 
@@ -130,6 +132,8 @@ struct Running {
     cluster: Cluster,
     endpoints: Vec<String>,
     dir: PathBuf,
+    /// Members already reported dead (by pid), so each death is reported once.
+    reported_dead: Vec<u32>,
 }
 
 impl Drop for Running {
@@ -145,6 +149,27 @@ impl Running {
         let pids: Vec<u32> = self.cluster.members.iter().filter_map(|m| m.pid()).collect();
         ensure!(pids.len() == self.cluster.len(), "a {} member is not running", self.system.name());
         Ok(pids)
+    }
+
+    /// One line per member that has exited since the last call: how it ended and its log's tail.
+    fn deaths(&mut self) -> Vec<String> {
+        let system = self.system.name();
+        let mut deaths = Vec::new();
+        for member in &mut self.cluster.members {
+            let Some(pid) = member.pid() else { continue };
+            if self.reported_dead.contains(&pid) {
+                continue;
+            }
+            if let Some(status) = member.exit_status() {
+                self.reported_dead.push(pid);
+                let tail = members::log_tail(&member.log_path(), DEATH_LOG_LINES);
+                deaths.push(format!(
+                    "{system} member {} (pid {pid}) exited ({status}); its log ends:\n```\n{tail}\n```",
+                    member.name
+                ));
+            }
+        }
+        deaths
     }
 }
 
@@ -164,7 +189,7 @@ pub async fn run(opts: &CompareOpts) -> Result<Comparison> {
         running.push(start(opts, system, &bin).await.with_context(|| system.name())?);
     }
     for slot in schedule::order(rows.len(), &opts.systems, opts.repeats) {
-        let measured = measure(&mut running, &rows[slot.row], slot, opts.repeats).await?;
+        let measured = measure(&mut running, &rows[slot.row], slot, opts.repeats).await;
         comparison.measured.push(measured);
     }
     drop(running);
@@ -240,18 +265,57 @@ async fn start(opts: &CompareOpts, system: System, bin: &Path) -> Result<Running
     };
     let cluster = Cluster::start(spec).await?;
     let endpoints = cluster.endpoints();
-    let running = Running { system, cluster, endpoints, dir };
+    let running = Running { system, cluster, endpoints, dir, reported_dead: Vec::new() };
     write_range_key(&running.endpoints).await?;
     Ok(running)
 }
 
 /// One run of `row` on the slot's system: once that cluster is healthy and every cluster is
-/// quiet, the row runs while the measured members' CPU and peak RSS are sampled.
-async fn measure(running: &mut [Running], row: &Row, slot: Slot, repeats: usize) -> Result<Measured> {
-    let name = slot.system.name();
-    let run_label = format!("{name} {} run {}/{repeats}", row.id, slot.repeat + 1);
+/// quiet, the row runs while the measured members' CPU and peak RSS are sampled. A run that
+/// cannot be taken (a member died, the cluster never settled) is recorded as failed, naming the
+/// dead members with their logs' tails, and the compare goes on to the next run.
+async fn measure(running: &mut [Running], row: &Row, slot: Slot, repeats: usize) -> Measured {
+    let run_label = format!("{} {} run {}/{repeats}", slot.system.name(), row.id, slot.repeat + 1);
     eprintln!("compare: {run_label} …");
+    // A member that died since the last run fails this one at once, not after the health wait.
+    let earlier: Vec<String> = running.iter_mut().flat_map(Running::deaths).collect();
+    let attempt =
+        if earlier.is_empty() { try_measure(running, row, slot).await } else { Err(anyhow::anyhow!("not run")) };
+    let mut measured = match attempt {
+        Ok(m) => m,
+        Err(e) => Measured {
+            row: row.id.to_string(),
+            system: slot.system,
+            repeat: slot.repeat,
+            headline: None,
+            report: None,
+            error: Some(format!("{e:#}")),
+            usage: Usage::default(),
+            quiet: Quiet::default(),
+            notes: Vec::new(),
+        },
+    };
+    let deaths: Vec<String> = earlier.into_iter().chain(running.iter_mut().flat_map(Running::deaths)).collect();
+    if !deaths.is_empty() {
+        measured.headline = None;
+        let error = measured.error.take().into_iter().chain(deaths).collect::<Vec<_>>().join("; ");
+        measured.error = Some(error);
+    }
+    match (measured.headline, &measured.error) {
+        (Some(h), _) => eprintln!(
+            "compare: {run_label}: {h:.0}/s (quiet after {:.1} s at {:.2} of a core)",
+            measured.quiet.waited_seconds, measured.quiet.cpu_fraction
+        ),
+        (None, e) => eprintln!("compare: {run_label} failed: {}", e.as_deref().unwrap_or("")),
+    }
+    measured
+}
+
+async fn try_measure(running: &mut [Running], row: &Row, slot: Slot) -> Result<Measured> {
+    let name = slot.system.name();
     let target = running.iter().position(|r| r.system == slot.system).context("system not started")?;
+    // A cluster short of a member would only time out, run after run, waiting to be healthy.
+    ensure!(running[target].reported_dead.is_empty(), "skipped: a {name} member died earlier in the compare");
     running[target].cluster.wait_healthy(SETTLE_TIMEOUT).await.with_context(|| format!("{name} before {}", row.id))?;
     let mut all_pids = Vec::new();
     for r in running.iter() {
@@ -261,20 +325,27 @@ async fn measure(running: &mut [Running], row: &Row, slot: Slot, repeats: usize)
     let sample = Sample::start(running[target].pids()?)?;
     let result = crate::run(&row.global(&running[target].endpoints), &row.command).await;
     let usage = sample.finish()?;
-    let notes = if quiet.timed_out { vec![quiet_note(&quiet)] } else { Vec::new() };
+    let mut notes = if quiet.timed_out { vec![quiet_note(&quiet)] } else { Vec::new() };
+    if let Err(e) = compact(&running[target].endpoints).await {
+        notes.push(format!("compacting {name} after the run failed: {e:#}"));
+    }
     let (headline, report, error) = match result {
         Ok(r) => (Some(headline(row, &r)), Some(r), None),
         Err(e) => (None, None, Some(format!("{e:#}"))),
     };
-    match (headline, &error) {
-        (Some(h), _) => eprintln!(
-            "compare: {run_label}: {h:.0}/s (quiet after {:.1} s at {:.2} of a core)",
-            quiet.waited_seconds, quiet.cpu_fraction
-        ),
-        (None, e) => eprintln!("compare: {run_label} failed: {}", e.as_deref().unwrap_or("")),
-    }
     let (row, system, repeat) = (row.id.to_string(), slot.system, slot.repeat);
     Ok(Measured { row, system, repeat, headline, report, error, usage, quiet, notes })
+}
+
+/// Compacts a cluster's history up to its current revision, as a Kubernetes API server does
+/// every five minutes: without it, the rows' writes pile up as old revisions and a repeated
+/// suite runs etcd into its 2 GiB backend quota.
+async fn compact(endpoints: &[String]) -> Result<()> {
+    let (mut client, _) = crate::conn::dial(&endpoints[0], Duration::from_secs(5)).await?;
+    let got = client.get(suite::RANGE_KEY, None).await.context("read the current revision")?;
+    let revision = got.header().context("no response header")?.revision();
+    client.compact(revision, Some(etcd_client::CompactionOptions::new().with_physical())).await.context("compact")?;
+    Ok(())
 }
 
 fn quiet_note(q: &Quiet) -> String {

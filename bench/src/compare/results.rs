@@ -135,7 +135,9 @@ fn method(c: &Comparison) -> String {
          the members of all clusters together must use less than {:.0} % of one core per member \
          over {} s (so neither is measured while the other still flushes or compacts); the wait is at \
          most {} s, and a run that started without a quiet window has a note below. CPU seconds and \
-         peak RSS are those of the measured system's members during its run.",
+         peak RSS are those of the measured system's members during its run. After every run the \
+         measured cluster's history is compacted to its current revision, as a Kubernetes API \
+         server does every five minutes.",
         times(c.repeats),
         quiet::QUIET_CPU_PER_MEMBER * 100.0,
         quiet::QUIET_WINDOW.as_secs(),
@@ -240,6 +242,8 @@ fn errors(c: &Comparison) -> String {
                 let r = m.report.as_ref().map(|r| format!("{:?}", r.summary.error_counts));
                 format!("{failed} failed ops: {}", r.unwrap_or_default())
             });
+            // Continuation lines (a dead member's log) stay inside the list item.
+            let what = what.replace('\n', "\n  ");
             let _ = writeln!(s, "- {} {}{}: {what}", m.system.name(), m.row, run_label(c, m));
         }
     }
