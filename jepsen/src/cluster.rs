@@ -107,10 +107,7 @@ impl Member {
 
     /// True while the process exists (paused or not).
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.child.is_some() && self.exit_status().is_none()
     }
 }
 

@@ -279,8 +279,11 @@ async fn measure(running: &mut [Running], row: &Row, slot: Slot, repeats: usize)
     eprintln!("compare: {run_label} …");
     // A member that died since the last run fails this one at once, not after the health wait.
     let earlier: Vec<String> = running.iter_mut().flat_map(Running::deaths).collect();
-    let attempt =
-        if earlier.is_empty() { try_measure(running, row, slot).await } else { Err(anyhow::anyhow!("not run")) };
+    let attempt = if earlier.is_empty() {
+        try_measure(running, row, slot).await
+    } else {
+        Err(anyhow::anyhow!("not run: a member died before it"))
+    };
     let mut measured = match attempt {
         Ok(m) => m,
         Err(e) => Measured {
