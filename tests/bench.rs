@@ -135,35 +135,14 @@ async fn a_member_dying_mid_compare_is_named_and_the_rest_is_written() -> Result
     }
     let dir = tempfile::tempdir()?;
     let opts = tiny_compare(dir.path(), vec![System::Geobuk], 1);
-    let member_dir = opts.work_dir.join("geobuk").display().to_string();
     let compare = tokio::spawn({
         let opts = opts.clone();
         async move { bench::compare::run(&opts).await }
     });
     // Once the cluster is up and the range key written, the compare is past its start and has
     // at least a quiet window per row (9 rows) to go, so the kill lands mid-compare.
-    let (victim, endpoint) = loop {
-        let out = std::process::Command::new("pgrep").args(["-af", &member_dir]).output()?;
-        let line = String::from_utf8_lossy(&out.stdout).lines().next().map(str::to_string);
-        if let Some(line) = line {
-            let args: Vec<&str> = line.split_whitespace().collect();
-            let url = args.iter().position(|a| *a == "--listen-client-urls").and_then(|i| args.get(i + 1));
-            break (args[0].to_string(), url.expect("member has a client URL").to_string());
-        }
-        assert!(!compare.is_finished(), "the compare ended before its members were seen");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    loop {
-        let written = match etcd_client::Client::connect([endpoint.as_str()], None).await {
-            Ok(mut c) => c.get(bench::compare::suite::RANGE_KEY, None).await.is_ok_and(|r| !r.kvs().is_empty()),
-            Err(_) => false,
-        };
-        if written {
-            break;
-        }
-        assert!(!compare.is_finished(), "the compare ended before it wrote the range key");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let (victim, endpoint) = a_geobuk_member(&opts, &compare).await?;
+    wait_for_revision(&endpoint, 1, &compare).await;
     assert!(std::process::Command::new("kill").args(["-9", &victim]).status()?.success());
     let comparison = compare.await??;
     assert_eq!(comparison.measured.len(), 9, "every row is recorded");
@@ -176,6 +155,80 @@ async fn a_member_dying_mid_compare_is_named_and_the_rest_is_written() -> Result
     let md = std::fs::read_to_string(&opts.out)?;
     assert!(md.contains("## Errors") && md.contains(&format!("(pid {victim}) exited")), "{md}");
     Ok(())
+}
+
+/// A member dying while a row runs ends that run at once, and the run's error says so and names
+/// the member (a run that went on would be recorded with a death note but no "stopped").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_dying_mid_run_stops_the_run() -> Result<()> {
+    if common::skip_on_etcd("compare starts its own clusters") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    // 20,000 puts: far more than are done by the time the kill lands.
+    let opts =
+        CompareOpts { rows: vec!["put-100".into()], scale: 0.2, ..tiny_compare(dir.path(), vec![System::Geobuk], 1) };
+    let compare = tokio::spawn({
+        let opts = opts.clone();
+        async move { bench::compare::run(&opts).await }
+    });
+    let (victim, endpoint) = a_geobuk_member(&opts, &compare).await?;
+    // The range key is revision 2; the row's puts come after it.
+    wait_for_revision(&endpoint, 100, &compare).await;
+    assert!(std::process::Command::new("kill").args(["-9", &victim]).status()?.success());
+    let comparison = compare.await??;
+    assert_eq!(comparison.measured.len(), 1);
+    let error = comparison.measured[0].error.as_deref().unwrap_or_default();
+    assert!(error.starts_with("stopped: member n") && error.contains("exited (signal: 9"), "{error}");
+    assert!(error.contains(&format!("(pid {victim}) exited")) && error.contains("its log ends:"), "{error}");
+    Ok(())
+}
+
+/// The pid and client URL of one of the compare's geobuk members, once it is running.
+async fn a_geobuk_member(
+    opts: &CompareOpts,
+    compare: &tokio::task::JoinHandle<Result<bench::compare::Comparison>>,
+) -> Result<(String, String)> {
+    let member_dir = opts.work_dir.join("geobuk").display().to_string();
+    loop {
+        let out = std::process::Command::new("pgrep").args(["-af", &member_dir]).output()?;
+        let line = String::from_utf8_lossy(&out.stdout).lines().next().map(str::to_string);
+        if let Some(line) = line {
+            let args: Vec<&str> = line.split_whitespace().collect();
+            let url = args.iter().position(|a| *a == "--listen-client-urls").and_then(|i| args.get(i + 1));
+            return Ok((args[0].to_string(), url.expect("member has a client URL").to_string()));
+        }
+        assert!(!compare.is_finished(), "the compare ended before its members were seen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the range key is written and the store's revision has passed `past`. One client,
+/// asking every 200 ms: a new connection per look would keep the members too busy for the
+/// compare's quiet window, and each run would wait out its 60 s limit.
+async fn wait_for_revision(
+    endpoint: &str,
+    past: i64,
+    compare: &tokio::task::JoinHandle<Result<bench::compare::Comparison>>,
+) {
+    let mut client = None;
+    loop {
+        if client.is_none() {
+            client = etcd_client::Client::connect([endpoint], None).await.ok();
+        }
+        let revision = match client.as_mut() {
+            Some(c) => match c.get(bench::compare::suite::RANGE_KEY, None).await {
+                Ok(r) if !r.kvs().is_empty() => r.header().map_or(0, |h| h.revision()),
+                _ => 0,
+            },
+            None => 0,
+        };
+        if revision > past {
+            return;
+        }
+        assert!(!compare.is_finished(), "the compare ended before the store passed revision {past}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// Runs are taken row by row, etcd geobuk geobuk etcd in row 0, the reverse in row 1, and so on.

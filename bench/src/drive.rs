@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use tokio::task::JoinHandle;
 
 use crate::conn::describe;
 use crate::progress::Progress;
@@ -41,13 +42,15 @@ pub async fn drive<W: Worker>(workers: Vec<W>, load: Load<'_>) -> Result<(Summar
     let bar = Progress::start(load.label, load.total, done.clone(), load.progress);
     let start = Instant::now();
     let pace = Pace { start: tokio::time::Instant::now(), rate: load.rate };
-    let tasks: Vec<_> = workers
-        .into_iter()
-        .map(|worker| tokio::spawn(work(worker, load.total, pace, next.clone(), done.clone())))
-        .collect();
+    let mut tasks = AbortOnDrop(
+        workers
+            .into_iter()
+            .map(|worker| tokio::spawn(work(worker, load.total, pace, next.clone(), done.clone())))
+            .collect(),
+    );
     let mut recorder = Recorder::new();
-    let mut workers = Vec::with_capacity(tasks.len());
-    for task in tasks {
+    let mut workers = Vec::with_capacity(tasks.0.len());
+    for task in &mut tasks.0 {
         let (worker, rec) = task.await.context("a worker task panicked")?;
         recorder.merge(&rec);
         workers.push(worker);
@@ -55,6 +58,18 @@ pub async fn drive<W: Worker>(workers: Vec<W>, load: Load<'_>) -> Result<(Summar
     let elapsed = start.elapsed();
     bar.finish();
     Ok((recorder.summarize(elapsed), workers, start))
+}
+
+/// The workers' tasks, aborted when the run is dropped unfinished (e.g. `bench compare` gives
+/// it up when a member dies), so no orphaned worker goes on loading the cluster.
+struct AbortOnDrop<T>(Vec<JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Spaces op starts evenly: op `i` may not start before `start + i / rate`.

@@ -27,6 +27,8 @@ use suite::Row;
 
 /// How long a cluster may take to agree on a leader and catch up between rows.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a run checks whether a measured member has died.
+const DEATH_POLL: Duration = Duration::from_millis(200);
 /// Lines of a dead member's log quoted in the results.
 const DEATH_LOG_LINES: usize = 15;
 /// Most runs of one row on one system (`--repeats`): each full-scale repeat adds ~11 minutes.
@@ -326,8 +328,19 @@ async fn try_measure(running: &mut [Running], row: &Row, slot: Slot) -> Result<M
     }
     let quiet = quiet::wait_quiet(&all_pids, &quiet::QUIET).await;
     let sample = Sample::start(running[target].pids()?)?;
-    let result = crate::run(&row.global(&running[target].endpoints), &row.command).await;
-    let usage = sample.finish()?;
+    let global = row.global(&running[target].endpoints);
+    // A member dying mid-run ends the run at once: the figures of a run that lost a member
+    // mid-way mean nothing, and its clients could wait out their op timeouts. `measure` then
+    // names the member with its log's tail.
+    let outcome = tokio::select! {
+        result = crate::run(&global, &row.command) => Ok(result),
+        died = first_exit(&mut running[target].cluster) => Err(died),
+    };
+    let (result, usage) = match outcome {
+        Ok(result) => (result, sample.finish()?),
+        // The dead member's /proc entry is gone with it: the run has no usage to show.
+        Err(died) => (Err(anyhow::anyhow!("stopped: {died} during the run")), Usage::default()),
+    };
     let mut notes = if quiet.timed_out { vec![quiet_note(&quiet)] } else { Vec::new() };
     if let Err(e) = compact(&running[target].endpoints).await {
         notes.push(format!("compacting {name} after the run failed: {e:#}"));
@@ -338,6 +351,19 @@ async fn try_measure(running: &mut [Running], row: &Row, slot: Slot) -> Result<M
     };
     let (row, system, repeat) = (row.id.to_string(), slot.system, slot.repeat);
     Ok(Measured { row, system, repeat, headline, report, error, usage, quiet, notes })
+}
+
+/// Resolves when one of the cluster's members has exited, naming it. There is no exit event to
+/// await for a child process here (std's `Child`), so it looks every [`DEATH_POLL`].
+async fn first_exit(cluster: &mut Cluster) -> String {
+    loop {
+        for member in &mut cluster.members {
+            if let Some(status) = member.exit_status() {
+                return format!("member {} exited ({status})", member.name);
+            }
+        }
+        tokio::time::sleep(DEATH_POLL).await;
+    }
 }
 
 /// Compacts a cluster's history up to its current revision, as a Kubernetes API server does
