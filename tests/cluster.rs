@@ -224,6 +224,49 @@ async fn follower_forwards_concurrent_puts_in_batches() -> Result<()> {
     Ok(())
 }
 
+/// Concurrent linearizable reads through a follower share read-index requests to the leader,
+/// and each still sees the write acknowledged before it began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_asks_for_read_indexes_in_batches() -> Result<()> {
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, ClusterOpts::default()).await?;
+    let leader = cluster.leader().await?;
+    let follower = cluster.live_except(leader)[0];
+    let mut leader_client = cluster.client(leader).await?;
+    let client = cluster.client(follower).await?;
+    let reads = 400;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..reads {
+        let mut leader_client = leader_client.clone();
+        let mut client = client.clone();
+        tasks.spawn(async move {
+            let key = format!("read-batch/{}", i % 100);
+            let put = leader_client.put(key.as_str(), i.to_string(), None).await?;
+            let got = client.get(key.as_str(), None).await?;
+            let mod_revision = got.kvs().first().map_or(0, |kv| kv.mod_revision());
+            let written = put.header().map_or(0, |h| h.revision());
+            ensure!(mod_revision >= written, "a read of {key} after the put at {written} saw {mod_revision}");
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    leader_client.put("read-batch/done", "x", None).await?;
+    if is_etcd() {
+        return Ok(());
+    }
+    let (code, body) = http_get(&cluster.endpoint(follower), "/metrics").await?;
+    assert_eq!(code, 200);
+    let total = |name: &str| metric_samples(&body, name).iter().map(|(_, v)| *v).sum::<f64>();
+    let (requests, asked) = (total("geobuk_read_index_requests_total"), total("geobuk_read_index_reads_total"));
+    eprintln!("{asked} linearizable reads in {requests} read-index requests");
+    ensure!(asked >= reads as f64, "{asked} reads asked the leader for {reads} reads through a follower");
+    // Up to 400 reads in flight, at most 2 requests: reads wait for one to return and share the next.
+    ensure!(requests * 2.0 <= asked, "{asked} reads took {requests} read-index requests");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follower_serves_everything() -> Result<()> {
     let _serial = serial().await;

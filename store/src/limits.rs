@@ -55,6 +55,14 @@ pub const FORWARD_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Forwarded batches in flight from one member. While they are, proposals queue, so the next
 /// batch carries all of them: batches grow with the load instead of one RPC per proposal.
 pub const FORWARD_BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Linearizable reads queued on a follower for a read index from the leader; callers wait
+/// when it is full.
+pub const READ_INDEX_QUEUE_READS_MAX: usize = 10_000;
+/// Reads answered by one read-index request to the leader.
+pub const READ_INDEX_BATCH_READS_MAX: usize = 1024;
+/// Read-index requests in flight from one member. While they are, reads queue and share the
+/// next request.
+pub const READ_INDEX_REQUESTS_IN_FLIGHT_MAX: usize = 2;
 /// Pause before retrying a forward when the leader is unknown or just changed.
 pub const FORWARD_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 /// How long one HTTP request (`/metrics`, `/health`, `/readyz`, ...) may take

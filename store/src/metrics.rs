@@ -194,6 +194,8 @@ pub struct Metrics {
     healthcheck: IntGaugeVec,
     healthchecks_total: IntCounterVec,
     forward_batches: IntCounter,
+    read_index_requests: IntCounter,
+    read_index_reads: IntCounter,
     forwarded_proposals: IntCounter,
     append_streams: IntCounter,
     streamed_appends: IntCounter,
@@ -254,6 +256,14 @@ impl Metrics {
             forward_batches: counter(
                 "geobuk_forward_batches_total",
                 "Batches of proposals this member forwarded to the leader.",
+            ),
+            read_index_requests: counter(
+                "geobuk_read_index_requests_total",
+                "Read-index requests this member sent the leader for its linearizable reads.",
+            ),
+            read_index_reads: counter(
+                "geobuk_read_index_reads_total",
+                "Linearizable reads this member asked the leader's read index for (in requests).",
             ),
             forwarded_proposals: counter(
                 "geobuk_forwarded_proposals_total",
@@ -394,6 +404,12 @@ impl Metrics {
     pub fn forward_batch_sent(&self, proposals: usize) {
         self.forward_batches.inc();
         self.forwarded_proposals.inc_by(proposals as u64);
+    }
+
+    /// A read-index request for `reads` linearizable reads left for the leader.
+    pub fn read_index_request_sent(&self, reads: usize) {
+        self.read_index_requests.inc();
+        self.read_index_reads.inc_by(reads as u64);
     }
 
     /// A proposal entered Raft (etcd_server_proposals_pending goes up).

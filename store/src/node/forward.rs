@@ -176,7 +176,7 @@ impl Node {
                     e => AttemptError::Retry(e),
                 }),
                 Target::Peer(id, info) => {
-                    let index = self.remote_read_index(id, &info, limit).await?;
+                    let index = self.read_indexes.read_index(id, &info, limit).await?;
                     let waiter = self.raft.wait(Some(limit));
                     let applied = waiter.applied_index_at_least(Some(index), "read index").await;
                     applied.map(|_| ()).map_err(|_| AttemptError::Retry(StoreError::Timeout))
@@ -196,17 +196,6 @@ impl Node {
             Ok(Ok(read)) => Ok(read.committed_leader_id().term),
             Ok(Err(RaftError::Fatal(_))) => Err(StoreError::Stopped),
             Ok(Err(RaftError::APIError(_))) => Err(StoreError::NotLeader),
-        }
-    }
-
-    async fn remote_read_index(&self, id: u64, info: &MemberInfo, limit: Duration) -> Result<u64, AttemptError> {
-        let mut client = self.peers.client(id, info).map_err(|e| AttemptError::Retry(StoreError::internal(e)))?;
-        let mut req = tonic::Request::new(pb::Route { cluster_id: self.cluster_id, from: self.member_id, to: id });
-        req.set_timeout(limit);
-        match tokio::time::timeout(limit, client.read_index(req)).await {
-            Err(_) => Err(AttemptError::Retry(StoreError::Timeout)),
-            Ok(Err(s)) => Err(status_error(s)),
-            Ok(Ok(r)) => Ok(r.into_inner().index),
         }
     }
 

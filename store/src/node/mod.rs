@@ -29,6 +29,7 @@ pub mod bootstrap;
 pub mod forward;
 pub mod forward_batch;
 pub mod membership;
+pub mod read_batch;
 
 use bootstrap::{Bootstrap, Identity};
 
@@ -79,6 +80,8 @@ pub struct Node {
     pub peers: Arc<PeerClients>,
     /// Proposals on their way to the leader.
     forwarder: forward_batch::ForwardBatcher,
+    /// Linearizable reads waiting for the leader's read index.
+    read_indexes: read_batch::ReadIndexBatcher,
     request_ids: RequestIds,
     /// Membership changes run one at a time.
     membership_lock: tokio::sync::Mutex<()>,
@@ -132,6 +135,7 @@ impl Node {
             member_id,
             cluster_id,
             forwarder: forward_batch::ForwardBatcher::start(peers.clone(), metrics.clone()),
+            read_indexes: read_batch::ReadIndexBatcher::start(peers.clone(), metrics.clone()),
             metrics,
             peers,
             request_ids: RequestIds::new(member_id),
