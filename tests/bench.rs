@@ -125,7 +125,7 @@ async fn compare_writes_both_systems_side_by_side() -> Result<()> {
     Ok(())
 }
 
-/// A member that dies mid-compare (here SIGKILLed as soon as it runs) does not abort the
+/// A member that dies mid-compare (here SIGKILLed once the range key is written) does not abort the
 /// compare: the run after its death fails naming it, with its log's tail, that system's later
 /// runs are skipped without waiting, and every row still reaches the results file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,10 +135,7 @@ async fn a_member_dying_mid_compare_is_named_and_the_rest_is_written() -> Result
     }
     let dir = tempfile::tempdir()?;
     let opts = tiny_compare(dir.path(), vec![System::Geobuk], 1);
-    let compare = tokio::spawn({
-        let opts = opts.clone();
-        async move { bench::compare::run(&opts).await }
-    });
+    let compare = spawn_compare(&opts);
     // Once the cluster is up and the range key written, the compare is past its start and has
     // at least a quiet window per row (9 rows) to go, so the kill lands mid-compare.
     let (victim, endpoint) = a_geobuk_member(&opts, &compare).await?;
@@ -168,10 +165,7 @@ async fn a_member_dying_mid_run_stops_the_run() -> Result<()> {
     // 20,000 puts: far more than are done by the time the kill lands.
     let opts =
         CompareOpts { rows: vec!["put-100".into()], scale: 0.2, ..tiny_compare(dir.path(), vec![System::Geobuk], 1) };
-    let compare = tokio::spawn({
-        let opts = opts.clone();
-        async move { bench::compare::run(&opts).await }
-    });
+    let compare = spawn_compare(&opts);
     let (victim, endpoint) = a_geobuk_member(&opts, &compare).await?;
     // The range key is revision 2; the row's puts come after it.
     wait_for_revision(&endpoint, 100, &compare).await;
@@ -182,6 +176,12 @@ async fn a_member_dying_mid_run_stops_the_run() -> Result<()> {
     assert!(error.starts_with("stopped: member n") && error.contains("exited (signal: 9"), "{error}");
     assert!(error.contains(&format!("(pid {victim}) exited")) && error.contains("its log ends:"), "{error}");
     Ok(())
+}
+
+/// Runs the compare in the background, so a test can act on its members meanwhile.
+fn spawn_compare(opts: &CompareOpts) -> tokio::task::JoinHandle<Result<bench::compare::Comparison>> {
+    let opts = opts.clone();
+    tokio::spawn(async move { bench::compare::run(&opts).await })
 }
 
 /// The pid and client URL of one of the compare's geobuk members, once it is running.
