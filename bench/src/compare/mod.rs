@@ -373,8 +373,13 @@ async fn compact(endpoints: &[String]) -> Result<()> {
     let (mut client, _) = crate::conn::dial(&endpoints[0], Duration::from_secs(5)).await?;
     let got = client.get(suite::RANGE_KEY, None).await.context("read the current revision")?;
     let revision = got.header().context("no response header")?.revision();
-    client.compact(revision, Some(etcd_client::CompactionOptions::new().with_physical())).await.context("compact")?;
-    Ok(())
+    match client.compact(revision, Some(etcd_client::CompactionOptions::new().with_physical())).await {
+        Ok(_) => Ok(()),
+        // A row that wrote nothing (a range row) left the revision where the last compaction
+        // put it: the history is already compacted up to here.
+        Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::OutOfRange => Ok(()),
+        Err(e) => Err(e).context("compact"),
+    }
 }
 
 fn quiet_note(q: &Quiet) -> String {
