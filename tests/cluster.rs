@@ -201,8 +201,17 @@ async fn follower_forwards_concurrent_puts_in_batches() -> Result<()> {
     let follower = cluster.live_except(leader)[0];
     let client = cluster.client(follower).await?;
     let puts = 400;
-    let acked = put_many(&client, "batch/", puts, 100).await?;
+    // Puts naming a lease that does not exist share the batches; each must get its own answer.
+    let unleased = (0..50).map(|i| {
+        let mut client = client.clone();
+        async move { client.put(format!("batch-lease/{i}"), "x", Some(PutOptions::new().with_lease(0x7eadbeef))).await }
+    });
+    let (acked, rejected) = tokio::join!(put_many(&client, "batch/", puts, 100), futures::future::join_all(unleased));
+    let acked = acked?;
     ensure!(acked.len() == puts, "{} of {puts} puts through the follower acknowledged", acked.len());
+    for outcome in rejected {
+        expect_grpc_error(outcome, "NotFound", "etcdserver: requested lease not found")?;
+    }
     check_unique_revisions(&acked)?;
     let mut leader_client = cluster.client(leader).await?;
     check_acked_with(&mut leader_client, "batch/", &acked, false).await?;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
@@ -156,6 +157,50 @@ impl Node {
         }
     }
 
+    /// Proposes encoded commands on this member, which must lead, in one message to Raft: one
+    /// log append for all, where a call per command costs RaftCore a message, a responder and
+    /// an append each. Each command's outcome, in order.
+    pub(crate) async fn propose_many_here(
+        &self,
+        commands: Vec<Bytes>,
+        limit: Duration,
+    ) -> Vec<Result<Applied, AttemptError>> {
+        let count = commands.len();
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut outcomes = Vec::with_capacity(count);
+        // What the commands without an outcome get: the entry may still commit, and a retry
+        // carries the same request id.
+        let mut rest = StoreError::Timeout;
+        match tokio::time::timeout_at(deadline, self.raft.client_write_many(commands.into_iter().map(CommandBytes)))
+            .await
+        {
+            Err(_) => {}
+            Ok(Err(_)) => rest = StoreError::Stopped,
+            Ok(Ok(mut results)) => {
+                while let Ok(Some(result)) = tokio::time::timeout_at(deadline, results.next()).await {
+                    outcomes.push(match result {
+                        Ok(Ok(written)) => Ok(written.response),
+                        Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
+                            Err(AttemptError::Retry(StoreError::NotLeader))
+                        }
+                        Ok(Err(e)) => Err(AttemptError::Final(StoreError::internal(e))),
+                        Err(_) => {
+                            rest = StoreError::Stopped;
+                            break;
+                        }
+                    });
+                }
+            }
+        }
+        while outcomes.len() < count {
+            outcomes.push(Err(match rest {
+                StoreError::Stopped => AttemptError::Final(StoreError::Stopped),
+                _ => AttemptError::Retry(StoreError::Timeout),
+            }));
+        }
+        outcomes
+    }
+
     async fn forward_to(
         &self,
         id: u64,
@@ -177,6 +222,10 @@ impl Node {
                 }),
                 Target::Peer(id, info) => {
                     let index = self.read_indexes.read_index(id, &info, limit).await?;
+                    // Usually applied already: openraft's wait clones its whole metrics even then.
+                    if self.applied_index() >= index {
+                        return Ok(());
+                    }
                     let waiter = self.raft.wait(Some(limit));
                     let applied = waiter.applied_index_at_least(Some(index), "read index").await;
                     applied.map(|_| ()).map_err(|_| AttemptError::Retry(StoreError::Timeout))
@@ -184,6 +233,12 @@ impl Node {
             }
         })
         .await
+    }
+
+    /// The index of the last log entry this member has applied (0 before any).
+    fn applied_index(&self) -> u64 {
+        let metrics = self.raft.metrics();
+        metrics.borrow_watched().last_applied.as_ref().map_or(0, |id| id.index)
     }
 
     /// Confirms leadership with a read-index round and waits until everything committed before

@@ -18,7 +18,7 @@ use crate::proto::peerpb::{self as pb, peer_server::Peer};
 use crate::proto::raftlog;
 use crate::raft::codec;
 use crate::raft::state_machine::SnapshotMeta;
-use crate::raft::types::Raft;
+use crate::raft::types::{Applied, Raft};
 use crate::snapshot::{SnapshotData, SnapshotFile};
 
 /// The peer service of one member.
@@ -172,15 +172,24 @@ impl Peer for PeerService {
             return Err(bad_input(format!("{} forwarded commands in one batch", req.commands.len())));
         }
         self.leader_only()?;
-        // Proposed together: openraft batches them into its next log append.
-        let proposals = req.commands.into_iter().map(|command| async move {
-            self.check_forwarded(&command)?;
-            match self.node.propose_here(command, self.node.config.request_timeout()).await {
-                Ok(applied) => Ok(applied),
-                Err(AttemptError::Retry(e) | AttemptError::Final(e)) => Err(Status::from(e)),
+        // Proposed in one message to Raft, so they share one log append.
+        let mut outcomes: Vec<Option<Result<Applied, Status>>> = Vec::with_capacity(req.commands.len());
+        let (mut valid, mut slots) = (Vec::new(), Vec::new());
+        for command in req.commands {
+            match self.check_forwarded(&command) {
+                Ok(()) => {
+                    slots.push(outcomes.len());
+                    valid.push(command);
+                    outcomes.push(None);
+                }
+                Err(s) => outcomes.push(Some(Err(s))),
             }
-        });
-        let outcomes = futures::future::join_all(proposals).await.into_iter().map(outcome_to_pb).collect();
+        }
+        let proposed = self.node.propose_many_here(valid, self.node.config.request_timeout()).await;
+        for (slot, outcome) in slots.into_iter().zip(proposed) {
+            outcomes[slot] = Some(outcome.map_err(|(AttemptError::Retry(e) | AttemptError::Final(e))| Status::from(e)));
+        }
+        let outcomes = outcomes.into_iter().flatten().map(outcome_to_pb).collect();
         Ok(Response::new(pb::ForwardBatchReply { outcomes }))
     }
 
