@@ -21,7 +21,7 @@ use crate::error::StoreError;
 use crate::limits::{FORWARD_ATTEMPT_TIMEOUT, FORWARD_RETRY_BACKOFF};
 use crate::proto::peerpb as pb;
 use crate::proto::raftlog::{self, command::Op};
-use crate::raft::types::{Applied, CommandBytes, MemberInfo};
+use crate::raft::types::{Applied, CommandBytes, MemberInfo, TypeConfig};
 
 /// How often a member retries publishing its attributes until it succeeds.
 const PUBLISH_RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -149,10 +149,7 @@ impl Node {
             // The entry may still commit: the retry carries the same request id.
             Err(_) => Err(AttemptError::Retry(StoreError::Timeout)),
             Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(AttemptError::Retry(StoreError::NotLeader))
-            }
-            Ok(Err(RaftError::APIError(e))) => Err(AttemptError::Final(StoreError::internal(e))),
+            Ok(Err(RaftError::APIError(e))) => Err(write_error(e)),
             Ok(Err(RaftError::Fatal(_))) => Err(AttemptError::Final(StoreError::Stopped)),
         }
     }
@@ -168,36 +165,33 @@ impl Node {
         let count = commands.len();
         let deadline = tokio::time::Instant::now() + limit;
         let mut outcomes = Vec::with_capacity(count);
-        // What the commands without an outcome get: the entry may still commit, and a retry
-        // carries the same request id.
-        let mut rest = StoreError::Timeout;
+        let mut stopped = false;
         match tokio::time::timeout_at(deadline, self.raft.client_write_many(commands.into_iter().map(CommandBytes)))
             .await
         {
             Err(_) => {}
-            Ok(Err(_)) => rest = StoreError::Stopped,
+            Ok(Err(_)) => stopped = true,
             Ok(Ok(mut results)) => {
                 while let Ok(Some(result)) = tokio::time::timeout_at(deadline, results.next()).await {
-                    outcomes.push(match result {
-                        Ok(Ok(written)) => Ok(written.response),
-                        Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
-                            Err(AttemptError::Retry(StoreError::NotLeader))
-                        }
-                        Ok(Err(e)) => Err(AttemptError::Final(StoreError::internal(e))),
+                    match result {
+                        Ok(written) => outcomes.push(written.map(|w| w.response).map_err(write_error)),
                         Err(_) => {
-                            rest = StoreError::Stopped;
+                            stopped = true;
                             break;
                         }
-                    });
+                    }
                 }
             }
         }
-        while outcomes.len() < count {
-            outcomes.push(Err(match rest {
-                StoreError::Stopped => AttemptError::Final(StoreError::Stopped),
-                _ => AttemptError::Retry(StoreError::Timeout),
-            }));
-        }
+        // The commands without an outcome timed out (each may still commit: a retry carries the
+        // same request id), unless Raft stopped.
+        outcomes.resize_with(count, || {
+            Err(if stopped {
+                AttemptError::Final(StoreError::Stopped)
+            } else {
+                AttemptError::Retry(StoreError::Timeout)
+            })
+        });
         outcomes
     }
 
@@ -327,6 +321,14 @@ impl Node {
             }
         })
         .await
+    }
+}
+
+/// A proposal openraft refused: a deposed leader's refusal is worth retrying against the new one.
+fn write_error(e: ClientWriteError<TypeConfig>) -> AttemptError {
+    match e {
+        ClientWriteError::ForwardToLeader(_) => AttemptError::Retry(StoreError::NotLeader),
+        e => AttemptError::Final(StoreError::internal(e)),
     }
 }
 
