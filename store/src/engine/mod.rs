@@ -74,17 +74,16 @@ const WRITE_BUFFERS_TOTAL_BYTES: usize = 128 << 20;
 /// positives).
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
 
-/// Column families read by exact key: a key's latest record, dedup records by request id,
-/// leases, metadata. Every write looks one up that usually does not exist (a new key, a fresh
-/// request id); a bloom filter answers such a miss without reading an SST's index and data
-/// blocks.
-const POINT_LOOKUP: [&str; 6] = [cf::KV_LATEST, cf::DEDUP, cf::LEASE, cf::SM_META, cf::RAFT_META, cf::MEMBERS];
-/// The two column families every write probes (its key's latest record, its request id), where
-/// the probe usually misses: a memtable bloom filter answers such a miss without walking the
-/// memtable's skiplist, which was a tenth of a member's CPU under a put load. It is allocated
-/// with every memtable (this ratio of the write buffer), so only these two get one: +38 MiB of
-/// RSS per member when all six point-lookup families had one.
-const MEMTABLE_BLOOM: [&str; 2] = [cf::KV_LATEST, cf::DEDUP];
+/// Column families read by exact key: a key's latest record, leases, metadata. Every write looks
+/// one up that usually does not exist (a new key); a bloom filter answers such a miss without
+/// reading an SST's index and data blocks. (`dedup` is only read for an id known to be there.)
+const POINT_LOOKUP: [&str; 5] = [cf::KV_LATEST, cf::LEASE, cf::SM_META, cf::RAFT_META, cf::MEMBERS];
+/// The column family every write probes (its key's latest record), where the probe usually
+/// misses: a memtable bloom filter answers such a miss without walking the memtable's skiplist,
+/// which was a tenth of a member's CPU under a put load. It is allocated with every memtable
+/// (this ratio of the write buffer), so only this one gets one: +38 MiB of RSS per member when
+/// all six point-lookup families had one.
+const MEMTABLE_BLOOM: [&str; 1] = [cf::KV_LATEST];
 const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 
 fn cf_options(name: &str, cache: &rocksdb::Cache) -> Options {

@@ -15,7 +15,7 @@ pub use compact::{Compactor, check_compact};
 pub use hash::hash_kv;
 pub use read::{RangeQuery, RangeResult, ReadView, SortOrder, SortTarget};
 pub(crate) use write::lease_keys;
-pub use write::{Overlay, WriteTxn};
+pub use write::{Overlay, WriteTxn, stage_revision};
 
 use bytes::Bytes;
 

@@ -170,21 +170,30 @@ impl<'a> WriteTxn<'a> {
         &mut self.batch
     }
 
-    /// Ends the txn: the batch to write atomically, the store revision after
-    /// it, and the events (empty when nothing changed: no new revision).
+    /// Ends the txn: the batch to write atomically (with the new store revision), the store
+    /// revision after it, and the events (empty when nothing changed: no new revision).
     pub fn finish(self) -> (WriteBatch, i64, Vec<Event>) {
-        let (batch, _, revision, events) = self.finish_with_overlay();
+        let engine = self.engine;
+        let (mut batch, _, revision, events) = self.finish_with_overlay();
+        if !events.is_empty() {
+            stage_revision(engine, &mut batch, revision);
+        }
         (batch, revision, events)
     }
 
-    /// [`WriteTxn::finish`] that also hands back the overlay, for [`WriteTxn::resume`].
-    pub fn finish_with_overlay(mut self) -> (WriteBatch, Overlay, i64, Vec<Event>) {
-        if self.events.is_empty() {
-            return (self.batch, self.overlay, self.view.current, self.events);
-        }
-        self.batch.put_cf(self.engine.cf(cf::SM_META), META_REVISION, self.revision.to_be_bytes());
-        (self.batch, self.overlay, self.revision, self.events)
+    /// [`WriteTxn::finish`] that also hands back the overlay, for [`WriteTxn::resume`], and leaves
+    /// the store revision to the caller ([`stage_revision`] once the last txn of the batch is
+    /// staged): each txn writing it cost one more insert into `sm_meta`'s skiplist per put, a
+    /// full search of a memtable holding every earlier version of that key.
+    pub fn finish_with_overlay(self) -> (WriteBatch, Overlay, i64, Vec<Event>) {
+        let revision = if self.events.is_empty() { self.view.current } else { self.revision };
+        (self.batch, self.overlay, revision, self.events)
     }
+}
+
+/// Adds the store revision `revision` to `batch`, which must hold every change up to it.
+pub fn stage_revision(engine: &Engine, batch: &mut WriteBatch, revision: i64) {
+    batch.put_cf(engine.cf(cf::SM_META), META_REVISION, revision.to_be_bytes());
 }
 
 /// Keys attached to `lease`, in key order.

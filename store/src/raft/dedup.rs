@@ -4,9 +4,15 @@
 //! with the first reply instead of being applied again. Records older than
 //! [`DEDUP_WINDOW_ENTRIES`] log entries are pruned at deterministic points, so
 //! every member holds the same table.
+//!
+//! Layout (`dedup` column family): `o` ‖ log index ‖ request id → `raftlog.AppliedReply`, in
+//! apply order, so recording is an append and pruning a scan from the start. Which ids are in
+//! the table is held in memory ([`DedupIndex`]). Tables written before that layout also hold
+//! `i` ‖ request id → log index ‖ reply, with an empty `o` record; both are still read and pruned.
 
 use prost::Message;
 use rocksdb::WriteBatch;
+use rustc_hash::FxHashMap;
 
 use super::types::Applied;
 use crate::engine::{Engine, EngineError, cf};
@@ -66,51 +72,110 @@ pub fn from_reply(reply: pb::AppliedReply) -> Applied {
     }
 }
 
-/// The recorded reply of `request_id`, if it was applied within the window.
-pub fn lookup(engine: &Engine, request_id: u64) -> Result<Option<Applied>, EngineError> {
-    let Some(raw) = engine.db().get_cf(engine.cf(cf::DEDUP), id_key(request_id))? else {
-        return Ok(None);
-    };
-    let corrupt = |detail: String| EngineError::Corrupt { what: "dedup record", detail };
-    let body = raw.get(8..).ok_or_else(|| corrupt("shorter than its index".into()))?;
-    let reply = pb::AppliedReply::decode(body).map_err(|e| corrupt(e.to_string()))?;
-    Ok(Some(from_reply(reply)))
+/// The dedup table's request ids and the log index each was applied at, held in memory so that
+/// apply finds out whether a command is a duplicate without reading the database, and so that a
+/// record is one in-order insert (keyed by index) instead of a second one at a random point of
+/// the id order. Derived from the table: loaded at open and after a snapshot is installed, and
+/// changed only by [`DedupIndex::record`] and [`DedupIndex::prune`], which stage the same change
+/// in the batch. At most [`DEDUP_WINDOW_ENTRIES`] ids (about 32 MiB).
+/// (FxHash: ids are not attacker-chosen, and SipHash was most of a lookup's cost.)
+#[derive(Default)]
+pub struct DedupIndex {
+    applied_at: FxHashMap<u64, u64>,
 }
 
-/// Adds the record of `request_id`, applied at `index`, to `batch`.
-pub fn record(engine: &Engine, batch: &mut WriteBatch, request_id: u64, index: u64, applied: &Applied) {
-    let mut reply = to_reply(applied);
-    if reply.encoded_len() > DEDUP_REPLY_BYTES_MAX {
-        let msg = "etcdserver: duplicate of an applied request whose reply was too large to keep".to_string();
-        reply = pb::AppliedReply { result: Some(Reply::Rejected(msg)) };
-    }
-    let mut value = index.to_be_bytes().to_vec();
-    reply.encode(&mut value).expect("a Vec grows as needed");
-    let table = engine.cf(cf::DEDUP);
-    batch.put_cf(table, id_key(request_id), value);
-    batch.put_cf(table, index_key(index, request_id), []);
+fn corrupt(detail: String) -> EngineError {
+    EngineError::Corrupt { what: "dedup record", detail }
 }
 
-/// Adds to `batch` the removal of every record applied before `below`.
-pub fn prune(engine: &Engine, batch: &mut WriteBatch, below: u64) -> Result<(), EngineError> {
-    let table = engine.cf(cf::DEDUP);
-    let start = [BY_INDEX];
-    let end = index_key(below, 0);
-    let mut it = engine.db().raw_iterator_cf(table);
-    it.seek(start);
-    while let Some(k) = it.key() {
-        if k >= &end[..] || k.first() != Some(&BY_INDEX) {
-            break;
-        }
-        if let Some(id) = k.get(9..17) {
-            let id = u64::from_be_bytes(id.try_into().expect("8 bytes"));
-            batch.delete_cf(table, id_key(id));
-        }
-        batch.delete_cf(table, k);
-        it.next();
+fn parse_index_key(k: &[u8]) -> Result<(u64, u64), EngineError> {
+    match (k.first(), k.get(1..9), k.get(9..17)) {
+        (Some(&BY_INDEX), Some(index), Some(id)) if k.len() == 17 => Ok((
+            u64::from_be_bytes(index.try_into().expect("8 bytes")),
+            u64::from_be_bytes(id.try_into().expect("8 bytes")),
+        )),
+        _ => Err(corrupt(format!("index key of {} bytes", k.len()))),
     }
-    it.status()?;
-    Ok(())
+}
+
+impl DedupIndex {
+    /// Reads the ids of every record in `engine`'s table.
+    pub fn load(engine: &Engine) -> Result<Self, EngineError> {
+        let mut applied_at = FxHashMap::default();
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound([BY_INDEX + 1]);
+        let mut it = engine.db().raw_iterator_cf_opt(engine.cf(cf::DEDUP), opts);
+        it.seek([BY_INDEX]);
+        while let Some(k) = it.key() {
+            let (index, id) = parse_index_key(k)?;
+            applied_at.insert(id, index);
+            it.next();
+        }
+        it.status()?;
+        Ok(DedupIndex { applied_at })
+    }
+
+    /// The recorded reply of `request_id`, if it was applied within the window.
+    pub fn lookup(&self, engine: &Engine, request_id: u64) -> Result<Option<Applied>, EngineError> {
+        let Some(&index) = self.applied_at.get(&request_id) else {
+            return Ok(None);
+        };
+        let table = engine.cf(cf::DEDUP);
+        let value = engine.db().get_pinned_cf(table, index_key(index, request_id))?;
+        let Some(value) = value else {
+            return Err(corrupt(format!("request id {request_id:#x} has no record at index {index}")));
+        };
+        let reply = if value.is_empty() {
+            // Written before replies moved into the index record: the reply is in the id record.
+            let raw = engine.db().get_pinned_cf(table, id_key(request_id))?;
+            let raw = raw.ok_or_else(|| corrupt(format!("request id {request_id:#x} has no id record")))?;
+            let body = raw.get(8..).ok_or_else(|| corrupt("id record shorter than its index".into()))?;
+            pb::AppliedReply::decode(body)
+        } else {
+            pb::AppliedReply::decode(&value[..])
+        };
+        Ok(Some(from_reply(reply.map_err(|e| corrupt(e.to_string()))?)))
+    }
+
+    /// Adds the record of `request_id`, applied at `index`, to `batch`.
+    pub fn record(&mut self, engine: &Engine, batch: &mut WriteBatch, request_id: u64, index: u64, applied: &Applied) {
+        let mut reply = to_reply(applied);
+        if reply.encoded_len() > DEDUP_REPLY_BYTES_MAX {
+            let msg = "etcdserver: duplicate of an applied request whose reply was too large to keep".to_string();
+            reply = pb::AppliedReply { result: Some(Reply::Rejected(msg)) };
+        }
+        // Never empty (`result` is always set), which tells it from a record of the old layout.
+        batch.put_cf(engine.cf(cf::DEDUP), index_key(index, request_id), reply.encode_to_vec());
+        self.applied_at.insert(request_id, index);
+    }
+
+    /// Adds to `batch` the removal of every record applied before `below`.
+    pub fn prune(&mut self, engine: &Engine, batch: &mut WriteBatch, below: u64) -> Result<(), EngineError> {
+        let table = engine.cf(cf::DEDUP);
+        let end = index_key(below, 0);
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(end);
+        let mut it = engine.db().raw_iterator_cf_opt(table, opts);
+        it.seek([BY_INDEX]);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let (index, id) = parse_index_key(k)?;
+            if self.applied_at.get(&id) == Some(&index) {
+                self.applied_at.remove(&id);
+            }
+            if v.is_empty() {
+                batch.delete_cf(table, id_key(id));
+            }
+            batch.delete_cf(table, k);
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// How many request ids are remembered.
+    pub fn len(&self) -> usize {
+        self.applied_at.len()
+    }
 }
 
 #[cfg(test)]
@@ -118,22 +183,56 @@ mod tests {
     use super::*;
     use crate::proto::etcdserverpb as epb;
 
+    fn put_reply() -> Applied {
+        Applied::Put(epb::PutResponse { header: None, prev_kv: None })
+    }
+
     #[test]
-    fn records_answer_duplicates_until_pruned() {
+    fn records_answer_duplicates_until_pruned_and_survive_a_reload() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path()).unwrap();
-        let put = Applied::Put(epb::PutResponse { header: None, prev_kv: None });
+        let mut table = DedupIndex::load(&engine).unwrap();
         let mut batch = WriteBatch::default();
-        record(&engine, &mut batch, 7, 10, &put);
-        record(&engine, &mut batch, 8, 20, &Applied::Rejected(StoreError::LeaseNotFound));
+        table.record(&engine, &mut batch, 7, 10, &put_reply());
+        table.record(&engine, &mut batch, 8, 20, &Applied::Rejected(StoreError::LeaseNotFound));
         engine.db().write(batch).unwrap();
-        assert!(matches!(lookup(&engine, 7).unwrap(), Some(Applied::Put(_))));
-        assert!(matches!(lookup(&engine, 8).unwrap(), Some(Applied::Rejected(StoreError::LeaseNotFound))));
-        assert!(lookup(&engine, 9).unwrap().is_none());
+        for table in [table, DedupIndex::load(&engine).unwrap()] {
+            assert_eq!(table.len(), 2);
+            assert!(matches!(table.lookup(&engine, 7).unwrap(), Some(Applied::Put(_))));
+            assert!(matches!(table.lookup(&engine, 8).unwrap(), Some(Applied::Rejected(StoreError::LeaseNotFound))));
+            assert!(table.lookup(&engine, 9).unwrap().is_none());
+        }
+        let mut table = DedupIndex::load(&engine).unwrap();
         let mut batch = WriteBatch::default();
-        prune(&engine, &mut batch, 15).unwrap();
+        table.prune(&engine, &mut batch, 15).unwrap();
         engine.db().write(batch).unwrap();
-        assert!(lookup(&engine, 7).unwrap().is_none());
-        assert!(lookup(&engine, 8).unwrap().is_some());
+        for table in [table, DedupIndex::load(&engine).unwrap()] {
+            assert!(table.lookup(&engine, 7).unwrap().is_none());
+            assert!(table.lookup(&engine, 8).unwrap().is_some());
+        }
+    }
+
+    /// Tables written before replies moved into the index record: an id record with
+    /// `index ‖ reply` and an empty index record. They must still answer and be pruned whole.
+    #[test]
+    fn reads_and_prunes_records_of_the_old_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let cf = engine.cf(cf::DEDUP);
+        let mut old = 10u64.to_be_bytes().to_vec();
+        to_reply(&put_reply()).encode(&mut old).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, [b'i', 0, 0, 0, 0, 0, 0, 0, 7], old);
+        batch.put_cf(cf, [b'o', 0, 0, 0, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 7], []);
+        engine.db().write(batch).unwrap();
+
+        let mut table = DedupIndex::load(&engine).unwrap();
+        assert!(matches!(table.lookup(&engine, 7).unwrap(), Some(Applied::Put(_))));
+        let mut batch = WriteBatch::default();
+        table.prune(&engine, &mut batch, 11).unwrap();
+        engine.db().write(batch).unwrap();
+        assert!(table.lookup(&engine, 7).unwrap().is_none());
+        let left = engine.db().iterator_cf(cf, rocksdb::IteratorMode::Start).count();
+        assert_eq!(left, 0, "both records of the old layout are deleted");
     }
 }

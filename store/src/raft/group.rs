@@ -26,8 +26,9 @@ pub struct Group {
     pub batch: WriteBatch,
     /// Live keys the staged writes changed, for reads of later entries in the group.
     pub overlay: Overlay,
-    /// Request ids applied in the group and their replies (duplicates within a group).
-    pub dedup: HashMap<u64, Applied>,
+    /// Request ids applied in the group and where their replies are in `answers` (duplicates
+    /// within a group).
+    pub dedup: HashMap<u64, usize>,
     /// Each changed revision's events, in order.
     pub events: Vec<Vec<Event>>,
     /// Replies to send after the write.

@@ -99,7 +99,8 @@ async fn entries_in_one_group_see_each_other_and_are_written_once() {
     assert_eq!(view.get_at(b"a", 3).unwrap().map(|r| r.value).as_deref(), Some(&b"1"[..]));
     assert!(view.get_at(b"a", 5).unwrap().unwrap().tombstone);
 
-    let reply = |id| dedup::lookup(&engine, id).unwrap().expect("recorded");
+    let table = dedup::DedupIndex::load(&engine).unwrap();
+    let reply = |id| table.lookup(&engine, id).unwrap().expect("recorded");
     assert!(matches!(reply(2), Applied::Txn(t) if t.succeeded));
     assert!(matches!(reply(3), Applied::DeleteRange(d) if d.deleted == 1 && d.prev_kvs[0].value == "1"));
     assert!(matches!(reply(4), Applied::Txn(t) if t.succeeded));

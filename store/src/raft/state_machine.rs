@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::apply::{self, header};
 use super::codec;
-use super::dedup;
+use super::dedup::{self, DedupIndex};
 use super::group::{self, Group};
 use super::types::{Applied, LogId, StoredMembership, TypeConfig};
 use crate::engine::{Engine, EngineError, cf};
@@ -96,6 +96,8 @@ pub struct StateMachine {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     rev: Revisions,
+    /// The ids in the dedup table (empty in a snapshot builder, which applies nothing).
+    dedup: DedupIndex,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -116,7 +118,8 @@ impl StateMachine {
             None => StoredMembership::default(),
         };
         let rev = *shared.revisions.borrow();
-        Ok(StateMachine { shared, last_applied, membership, rev })
+        let dedup = DedupIndex::load(engine).map_err(io_err)?;
+        Ok(StateMachine { shared, last_applied, membership, rev, dedup })
     }
 
     fn engine(&self) -> &Engine {
@@ -135,7 +138,7 @@ impl StateMachine {
             }
         };
         if cmd.request_id != 0 {
-            match dedup::lookup(self.engine(), cmd.request_id) {
+            match self.dedup.lookup(self.engine(), cmd.request_id) {
                 Ok(Some(first)) => return (WriteBatch::default(), Vec::new(), first),
                 Ok(None) => {}
                 Err(e) => return (WriteBatch::default(), Vec::new(), Applied::Rejected(e.into())),
@@ -143,7 +146,7 @@ impl StateMachine {
         }
         let (mut batch, events, applied) = self.apply_op(cmd.op);
         if cmd.request_id != 0 && !matches!(&applied, Applied::Rejected(StoreError::Internal(_))) {
-            dedup::record(self.engine(), &mut batch, cmd.request_id, index, &applied);
+            self.dedup.record(&self.shared.engine, &mut batch, cmd.request_id, index, &applied);
         }
         (batch, events, applied)
     }
@@ -191,7 +194,10 @@ impl StateMachine {
     }
 
     fn apply_kv(&mut self, req: pb::TxnRequest, kind: KvKind) -> (WriteBatch, Vec<Event>, Applied) {
-        let (batch, _, events, applied) = self.run_kv(WriteBatch::default(), Overlay::new(), req, kind);
+        let (mut batch, _, events, applied) = self.run_kv(WriteBatch::default(), Overlay::new(), req, kind);
+        if !events.is_empty() {
+            mvcc::stage_revision(self.engine(), &mut batch, self.rev.current);
+        }
         (batch, events, applied)
     }
 
@@ -319,9 +325,10 @@ impl StateMachine {
     }
 
     /// Forgets request ids older than the dedup window, at deterministic indexes.
-    fn prune_dedup(&self, batch: &mut WriteBatch, index: u64) -> Result<(), io::Error> {
+    fn prune_dedup(&mut self, batch: &mut WriteBatch, index: u64) -> Result<(), io::Error> {
         if index.is_multiple_of(dedup::DEDUP_PRUNE_EVERY) && index > dedup::DEDUP_WINDOW_ENTRIES {
-            dedup::prune(self.engine(), batch, index - dedup::DEDUP_WINDOW_ENTRIES).map_err(io_err)?;
+            let below = index - dedup::DEDUP_WINDOW_ENTRIES;
+            self.dedup.prune(&self.shared.engine, batch, below).map_err(io_err)?;
         }
         Ok(())
     }
@@ -338,8 +345,8 @@ impl StateMachine {
         let recorded = match cmd.request_id {
             0 => None,
             id => match group.dedup.get(&id) {
-                Some(first) => Some(first.clone()),
-                None => dedup::lookup(self.engine(), id).map_err(io_err)?,
+                Some(&first) => Some(group.answers[first].1.clone()),
+                None => self.dedup.lookup(self.engine(), id).map_err(io_err)?,
             },
         };
         let applied = match recorded {
@@ -363,8 +370,9 @@ impl StateMachine {
                     group.events.push(events);
                 }
                 if cmd.request_id != 0 {
-                    dedup::record(self.engine(), &mut group.batch, cmd.request_id, entry.log_id.index, &applied);
-                    group.dedup.insert(cmd.request_id, applied.clone());
+                    let index = entry.log_id.index;
+                    self.dedup.record(&self.shared.engine, &mut group.batch, cmd.request_id, index, &applied);
+                    group.dedup.insert(cmd.request_id, group.answers.len());
                 }
                 applied
             }
@@ -382,6 +390,9 @@ impl StateMachine {
             return Ok(());
         };
         self.last_applied = Some(last);
+        if !group.events.is_empty() {
+            mvcc::stage_revision(self.engine(), &mut group.batch, self.rev.current);
+        }
         group.batch.put_cf(self.engine().cf(cf::SM_META), META_LAST_APPLIED, codec::encode_log_id(&last));
         let started = std::time::Instant::now();
         self.engine().db().write(group.batch).map_err(io_err)?;
@@ -555,13 +566,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: self.last_applied,
             membership: self.membership.clone(),
             rev: self.rev,
+            dedup: DedupIndex::default(),
         }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), io::Error> {
         let shared = self.shared.clone();
         let expected = meta.last_log_id;
-        let info = tokio::task::spawn_blocking(move || -> Result<SnapshotInfo, io::Error> {
+        let (info, dedup) = tokio::task::spawn_blocking(move || -> Result<(SnapshotInfo, DedupIndex), io::Error> {
             let temp = received_file(&shared.snapshots, data)?;
             let info = snapshot::file::verify(&temp)?;
             if info.last_log_id != expected {
@@ -573,7 +585,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (published, path) = shared.snapshots.publish(&temp, &info)?;
             match path {
                 Published::File(path) if published.last_log_id == info.last_log_id => {
-                    load_snapshot(&shared.engine, &path)
+                    let info = load_snapshot(&shared.engine, &path)?;
+                    Ok((info, DedupIndex::load(&shared.engine).map_err(io_err)?))
                 }
                 _ => Err(io_err("a newer snapshot than the one received is already installed")),
             }
@@ -583,6 +596,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.rev = self.shared.reload().map_err(io_err)?;
         self.last_applied = info.last_log_id;
         self.membership = info.last_membership.clone();
+        self.dedup = dedup;
         tracing::info!(last_log_id = ?info.last_log_id, revision = info.revision, "installed snapshot");
         Ok(())
     }
