@@ -173,7 +173,8 @@ impl DedupIndex {
     }
 
     /// How many request ids are remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.applied_at.len()
     }
 }
