@@ -149,8 +149,17 @@ impl DedupIndex {
         self.applied_at.insert(request_id, index);
     }
 
+    /// Prunes the records that fell out of the window, when applying `index` is one of the
+    /// deterministic points to do it (every [`DEDUP_PRUNE_EVERY`] entries).
+    pub fn prune_due(&mut self, engine: &Engine, batch: &mut WriteBatch, index: u64) -> Result<(), EngineError> {
+        if index.is_multiple_of(DEDUP_PRUNE_EVERY) && index > DEDUP_WINDOW_ENTRIES {
+            self.prune(engine, batch, index - DEDUP_WINDOW_ENTRIES)?;
+        }
+        Ok(())
+    }
+
     /// Adds to `batch` the removal of every record applied before `below`.
-    pub fn prune(&mut self, engine: &Engine, batch: &mut WriteBatch, below: u64) -> Result<(), EngineError> {
+    fn prune(&mut self, engine: &Engine, batch: &mut WriteBatch, below: u64) -> Result<(), EngineError> {
         let table = engine.cf(cf::DEDUP);
         let end = index_key(below, 0);
         let mut opts = rocksdb::ReadOptions::default();

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::apply::{self, header};
 use super::codec;
-use super::dedup::{self, DedupIndex};
+use super::dedup::DedupIndex;
 use super::group::{self, Group};
 use super::types::{Applied, LogId, StoredMembership, TypeConfig};
 use crate::engine::{Engine, EngineError, cf};
@@ -310,7 +310,7 @@ impl StateMachine {
                 (b, Vec::new(), Applied::Nothing)
             }
         };
-        self.prune_dedup(&mut batch, entry.log_id.index)?;
+        self.dedup.prune_due(&self.shared.engine, &mut batch, entry.log_id.index).map_err(io_err)?;
         if let Applied::Rejected(StoreError::Internal(e)) = &applied {
             // Storage failed mid-apply: stop rather than diverge from peers.
             return Err(io_err(e));
@@ -322,15 +322,6 @@ impl StateMachine {
         self.shared.metrics.observe_backend_commit(started.elapsed());
         self.after_write(&events, &applied);
         Ok(applied)
-    }
-
-    /// Forgets request ids older than the dedup window, at deterministic indexes.
-    fn prune_dedup(&mut self, batch: &mut WriteBatch, index: u64) -> Result<(), io::Error> {
-        if index.is_multiple_of(dedup::DEDUP_PRUNE_EVERY) && index > dedup::DEDUP_WINDOW_ENTRIES {
-            let below = index - dedup::DEDUP_WINDOW_ENTRIES;
-            self.dedup.prune(&self.shared.engine, batch, below).map_err(io_err)?;
-        }
-        Ok(())
     }
 
     /// Applies a groupable KV command (see [`group::groupable`]) into `group`; its reply is sent
@@ -377,7 +368,7 @@ impl StateMachine {
                 applied
             }
         };
-        self.prune_dedup(&mut group.batch, entry.log_id.index)?;
+        self.dedup.prune_due(&self.shared.engine, &mut group.batch, entry.log_id.index).map_err(io_err)?;
         group.last_applied = Some(entry.log_id);
         group.answers.push((responder, applied));
         Ok(())
