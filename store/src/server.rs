@@ -18,6 +18,7 @@ use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::coalesce::CoalescingStream;
 use crate::config::StoreConfig;
 use crate::http::GrpcMetricsLayer;
 use crate::limits::{GRPC_OVERHEAD_BYTES, PEER_MESSAGE_BYTES_MAX};
@@ -78,12 +79,16 @@ pub async fn run(
     result
 }
 
-/// Accepted connections from every listener, with Nagle's algorithm off. tonic's
+/// Accepted connections from every listener, with Nagle's algorithm off and their writes
+/// coalesced ([`CoalescingStream`]). tonic's
 /// `Server::tcp_nodelay` applies only to listeners it binds itself; on ours, a response written
 /// behind an unacknowledged one waited for the peer's delayed ACK (up to 40 ms), which capped a
 /// connection with many concurrent requests at a few thousand requests per second.
-fn accept_nodelay(listeners: Vec<TcpListener>) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+fn accept_nodelay(
+    listeners: Vec<TcpListener>,
+) -> impl futures::Stream<Item = std::io::Result<CoalescingStream<tokio::net::TcpStream>>> {
     futures::stream::select_all(listeners.into_iter().map(|l| TcpIncoming::from(l).with_nodelay(Some(true))))
+        .map(|accepted| accepted.map(CoalescingStream::new))
 }
 
 /// Serves the peer protocol until `shutdown` resolves.
@@ -234,6 +239,9 @@ mod tests {
         let mut incoming = Box::pin(accept_nodelay(vec![listener]));
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let accepted = incoming.next().await.unwrap().unwrap();
-        assert!(accepted.nodelay().unwrap(), "an accepted client or peer connection still runs Nagle's algorithm");
+        assert!(
+            accepted.get_ref().nodelay().unwrap(),
+            "an accepted client or peer connection still runs Nagle's algorithm"
+        );
     }
 }
