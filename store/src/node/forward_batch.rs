@@ -2,19 +2,17 @@
 //! proposal cost a member more than the proposal itself: under a put load
 //! with clients spread over all members, two thirds of the puts arrive at
 //! followers, and each paid a gRPC stream on both ends. etcd's followers
-//! likewise send their proposals over the Raft stream. A bounded number of
-//! batches is in flight; proposals arriving meanwhile queue and go together
-//! in the next one, so batches grow with the load and a lone proposal still
-//! leaves at once.
+//! likewise send their proposals over the Raft stream. The queue and the
+//! batching are `peer_batch`'s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::Code;
 
 use super::forward::{AttemptError, status_error};
+use super::peer_batch::{self, BatchLimits, PeerBatcher, Queued, answer_all};
 use crate::error::StoreError;
 use crate::limits::{
     FORWARD_BATCH_BYTES_MAX, FORWARD_BATCH_COMMANDS_MAX, FORWARD_BATCHES_IN_FLIGHT_MAX, FORWARD_QUEUE_COMMANDS_MAX,
@@ -26,102 +24,64 @@ use crate::raft::dedup;
 use crate::raft::types::{Applied, MemberInfo};
 
 /// What one forwarded proposal came to.
-type Outcome = Result<Applied, AttemptError>;
+type Outcome = peer_batch::Outcome<Applied>;
 
-/// One proposal waiting to be forwarded.
-struct Pending {
-    leader: u64,
-    info: MemberInfo,
-    command: Bytes,
-    limit: Duration,
-    reply: oneshot::Sender<Outcome>,
-}
+/// One encoded command waiting to be forwarded.
+type Pending = Queued<Bytes, Applied>;
+
+const LIMITS: BatchLimits = BatchLimits {
+    queued: FORWARD_QUEUE_COMMANDS_MAX,
+    per_batch: FORWARD_BATCH_COMMANDS_MAX,
+    bytes_per_batch: FORWARD_BATCH_BYTES_MAX,
+    in_flight: FORWARD_BATCHES_IN_FLIGHT_MAX,
+};
 
 /// The queue of proposals this member forwards, and the task that sends them.
 pub struct ForwardBatcher {
-    queue: mpsc::Sender<Pending>,
+    batcher: PeerBatcher<Bytes, Applied>,
 }
 
 impl ForwardBatcher {
     /// Starts the sending task; it ends when the batcher is dropped.
     pub fn start(peers: Arc<PeerClients>, metrics: Arc<Metrics>) -> Self {
-        let (queue, rx) = mpsc::channel(FORWARD_QUEUE_COMMANDS_MAX);
-        tokio::spawn(run(rx, peers, metrics));
-        ForwardBatcher { queue }
+        let batcher = PeerBatcher::start(LIMITS, Bytes::len, move |batch: Vec<Pending>| {
+            metrics.forward_batch_sent(batch.len());
+            let peers = peers.clone();
+            async move { send(&peers, batch).await }
+        });
+        ForwardBatcher { batcher }
     }
 
     /// Forwards an encoded command to member `leader` and waits at most
     /// `limit` for what applying it produced.
     pub async fn forward(&self, leader: u64, info: &MemberInfo, command: Bytes, limit: Duration) -> Outcome {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending { leader, info: info.clone(), command, limit, reply };
-        let waited = tokio::time::timeout(limit, async {
-            self.queue.send(pending).await.map_err(|_| AttemptError::Final(StoreError::Stopped))?;
-            answer.await.map_err(|_| AttemptError::Final(StoreError::Stopped))?
-        });
         // A timed-out proposal may still commit: the retry carries the same request id.
-        waited.await.unwrap_or(Err(AttemptError::Retry(StoreError::Timeout)))
-    }
-}
-
-/// Takes a batch from the queue whenever fewer than the maximum are in flight.
-async fn run(mut rx: mpsc::Receiver<Pending>, peers: Arc<PeerClients>, metrics: Arc<Metrics>) {
-    let in_flight = Arc::new(Semaphore::new(FORWARD_BATCHES_IN_FLIGHT_MAX));
-    loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let Some(first) = rx.recv().await else { return };
-        let mut bytes = first.command.len();
-        let leader = first.leader;
-        let mut batch = vec![first];
-        while batch.len() < FORWARD_BATCH_COMMANDS_MAX && bytes < FORWARD_BATCH_BYTES_MAX {
-            let Ok(next) = rx.try_recv() else { break };
-            bytes += next.command.len();
-            batch.push(next);
-        }
-        // Rare (a leader change between enqueues): each leader gets its own batch.
-        let (batch, others): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.leader == leader);
-        metrics.forward_batch_sent(batch.len());
-        let peers_for_batch = peers.clone();
-        tokio::spawn(async move {
-            send(&peers_for_batch, batch).await;
-            drop(permit);
-        });
-        for pending in others {
-            metrics.forward_batch_sent(1);
-            let peers = peers.clone();
-            tokio::spawn(async move { send(&peers, vec![pending]).await });
-        }
+        self.batcher.submit(leader, info, command, limit).await
     }
 }
 
 /// Sends one batch (all for the same leader) and answers each proposal.
 async fn send(peers: &PeerClients, batch: Vec<Pending>) {
     let leader = batch[0].leader;
-    let limit = batch.iter().map(|p| p.limit).max().unwrap_or_default();
+    let limit = peer_batch::batch_limit(&batch);
     let mut client = match peers.client(leader, &batch[0].info) {
         Ok(c) => c,
-        Err(e) => return answer_all(batch, || AttemptError::Retry(StoreError::internal(e.to_string()))),
+        Err(e) => return answer_all(batch, || Err(AttemptError::Retry(StoreError::internal(e.to_string())))),
     };
-    let commands = batch.iter().map(|p| p.command.clone()).collect();
+    let commands = batch.iter().map(|p| p.payload.clone()).collect();
     let mut req = tonic::Request::new(pb::ForwardBatchRequest { route: peers.route(leader), commands });
     req.set_timeout(limit);
     let reply = match tokio::time::timeout(limit, client.forward_batch(req)).await {
-        Err(_) => return answer_all(batch, || AttemptError::Retry(StoreError::Timeout)),
-        Ok(Err(s)) => return answer_all(batch, || status_error(s.clone())),
+        Err(_) => return answer_all(batch, || Err(AttemptError::Retry(StoreError::Timeout))),
+        Ok(Err(s)) => return answer_all(batch, || Err(status_error(s.clone()))),
         Ok(Ok(reply)) => reply.into_inner(),
     };
     if reply.outcomes.len() != batch.len() {
         let msg = format!("{} outcomes for {} forwarded commands", reply.outcomes.len(), batch.len());
-        return answer_all(batch, || AttemptError::Retry(StoreError::internal(msg.clone())));
+        return answer_all(batch, || Err(AttemptError::Retry(StoreError::internal(msg.clone()))));
     }
     for (pending, outcome) in batch.into_iter().zip(reply.outcomes) {
         let _ = pending.reply.send(outcome_from_pb(outcome));
-    }
-}
-
-fn answer_all(batch: Vec<Pending>, error: impl Fn() -> AttemptError) {
-    for pending in batch {
-        let _ = pending.reply.send(Err(error()));
     }
 }
 

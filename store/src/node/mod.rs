@@ -29,6 +29,7 @@ pub mod bootstrap;
 pub mod forward;
 pub mod forward_batch;
 pub mod membership;
+mod peer_batch;
 pub mod read_batch;
 
 use bootstrap::{Bootstrap, Identity};
