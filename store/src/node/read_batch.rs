@@ -2,9 +2,9 @@
 //! batches. One RPC per read cost the leader and the follower a whole gRPC call each (two thirds
 //! of the reads under a range load with clients spread over all members); etcd's followers
 //! likewise ask once (`MsgReadIndex`) for all reads pending. A read joins the next request that
-//! leaves after it arrived, never one already on its way: only a read index the leader
-//! computed after the read began makes the read linearizable: `peer_batch` sends only batches
-//! taken from the queue after their requests joined it.
+//! leaves after it arrived, never one already on its way, because only a read index the leader
+//! computed after the read began makes the read linearizable. `peer_batch` guarantees that: a
+//! batch holds only requests that were queued when it was taken.
 
 use std::sync::Arc;
 use std::time::Duration;
