@@ -121,6 +121,9 @@ impl Engine {
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
         opts.set_db_write_buffer_size(WRITE_BUFFERS_TOTAL_BYTES);
+        // State-machine writes skip the WAL (`write_unlogged`): after a crash those column
+        // families must come back as one state they really had, so every flush is atomic.
+        opts.set_atomic_flush(true);
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = cf::ALL.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
@@ -155,7 +158,29 @@ impl Engine {
         self.db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} was created at open"))
     }
 
-    /// Makes every write so far durable (fsync of the WAL).
+    /// Writes `batch` to the memtables only, not the WAL: for state-machine writes, which the
+    /// Raft log recreates after a crash (openraft re-applies the committed entries after
+    /// `last_applied` at start). Flushes are atomic across column families, so a crash leaves
+    /// the state machine at the last flush, never half of one batch; snapshots and backups
+    /// flush first (`checkpoint`).
+    pub fn write_unlogged(&self, batch: rocksdb::WriteBatch) -> Result<(), EngineError> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.disable_wal(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable, unlogged ones included: one atomic flush of every
+    /// column family's memtable to SST files, waited for.
+    pub fn flush_all(&self) -> Result<(), EngineError> {
+        let cfs: Vec<&ColumnFamily> = cf::ALL.iter().map(|name| self.cf(name)).collect();
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(true);
+        self.db.flush_cfs_opt(&cfs, &opts)?;
+        Ok(())
+    }
+
+    /// Makes every logged write so far durable (fsync of the WAL).
     pub fn sync_wal(&self) -> Result<(), EngineError> {
         self.db.flush_wal(true)?;
         Ok(())
@@ -177,7 +202,10 @@ impl Engine {
 }
 
 impl Engine {
-    /// Deletes every key of column family `name` (one range delete plus the last key).
+    /// Deletes every key of column family `name` (one range delete plus the last key),
+    /// unlogged: like every state-machine write, it is durable after `flush_all`. Logged, a
+    /// replay after a crash would apply the range computed from the live keys to the older
+    /// flushed state, which may hold keys outside it.
     pub fn clear_cf(&self, name: &str) -> Result<(), EngineError> {
         let cf = self.cf(name);
         let mut it = self.db.raw_iterator_cf(cf);
@@ -192,7 +220,7 @@ impl Engine {
         let mut batch = rocksdb::WriteBatch::default();
         batch.delete_range_cf(cf, &first, &last);
         batch.delete_cf(cf, &last);
-        self.db.write(batch)?;
+        self.write_unlogged(batch)?;
         Ok(())
     }
 
@@ -202,5 +230,44 @@ impl Engine {
             self.db.compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count_wal_records(engine: &Engine) -> usize {
+        engine.db().get_updates_since(0).expect("wal iterator").map(|r| r.expect("wal record").1.len()).sum()
+    }
+
+    #[test]
+    fn unlogged_writes_skip_the_wal_and_logged_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let mut logged = rocksdb::WriteBatch::default();
+        logged.put_cf(engine.cf(cf::RAFT_LOG), b"entry", b"1");
+        engine.db().write(logged).unwrap();
+        let mut unlogged = rocksdb::WriteBatch::default();
+        unlogged.put_cf(engine.cf(cf::KV_LATEST), b"k", b"v");
+        unlogged.put_cf(engine.cf(cf::SM_META), b"m", b"1");
+        engine.write_unlogged(unlogged).unwrap();
+        assert_eq!(count_wal_records(&engine), 1, "only the logged put is in the WAL");
+        assert_eq!(engine.db().get_cf(engine.cf(cf::KV_LATEST), b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_checkpoint_holds_the_unlogged_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db")).unwrap();
+        let mut unlogged = rocksdb::WriteBatch::default();
+        unlogged.put_cf(engine.cf(cf::KV_LATEST), b"k", b"v");
+        unlogged.put_cf(engine.cf(cf::SM_META), b"m", b"1");
+        engine.write_unlogged(unlogged).unwrap();
+        let copy = dir.path().join("checkpoint");
+        engine.checkpoint(&copy).unwrap();
+        let opened = Engine::open_checkpoint(&copy).unwrap();
+        assert_eq!(opened.db().get_cf(opened.cf(cf::KV_LATEST), b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(opened.db().get_cf(opened.cf(cf::SM_META), b"m").unwrap().as_deref(), Some(&b"1"[..]));
     }
 }

@@ -62,14 +62,14 @@ impl Compactor {
                 in_batch += 1;
             }
             if in_batch >= COMPACTION_BATCH_REVISIONS {
-                db.write(std::mem::take(&mut batch))?;
+                self.engine.write_unlogged(std::mem::take(&mut batch))?;
                 in_batch = 0;
             }
             it.next();
         }
         it.status()?;
         batch.put_cf(self.engine.cf(cf::SM_META), META_FINISHED_COMPACT_REVISION, target.to_be_bytes());
-        db.write(batch)?;
+        self.engine.write_unlogged(batch)?;
         Ok(())
     }
 

@@ -1,5 +1,5 @@
 //! Group apply: consecutive committed KV commands are applied into one RocksDB write batch and
-//! written once, instead of one write (one WAL record and write group) per entry. Commands that
+//! written once, instead of one write (a write group and its bookkeeping) per entry. Commands that
 //! read state a batch does not carry (leases, membership, history at an explicit revision) end
 //! the group and are applied alone.
 

@@ -286,7 +286,7 @@ impl StateMachine {
     }
 
     fn write_and_publish(&self, batch: WriteBatch, events: &[Event]) -> Result<(), EngineError> {
-        self.engine().db().write(batch)?;
+        self.engine().write_unlogged(batch)?;
         self.publish(events);
         Ok(())
     }
@@ -318,7 +318,7 @@ impl StateMachine {
         self.last_applied = Some(entry.log_id);
         batch.put_cf(self.engine().cf(cf::SM_META), META_LAST_APPLIED, codec::encode_log_id(&entry.log_id));
         let started = std::time::Instant::now();
-        self.engine().db().write(batch).map_err(io_err)?;
+        self.engine().write_unlogged(batch).map_err(io_err)?;
         self.shared.metrics.observe_backend_commit(started.elapsed());
         self.after_write(&events, &applied);
         Ok(applied)
@@ -386,7 +386,7 @@ impl StateMachine {
         }
         group.batch.put_cf(self.engine().cf(cf::SM_META), META_LAST_APPLIED, codec::encode_log_id(&last));
         let started = std::time::Instant::now();
-        self.engine().db().write(group.batch).map_err(io_err)?;
+        self.engine().write_unlogged(group.batch).map_err(io_err)?;
         self.shared.metrics.observe_backend_commit(started.elapsed());
         for events in &group.events {
             self.publish(events);

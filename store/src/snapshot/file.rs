@@ -334,8 +334,9 @@ pub fn verify(path: &Path) -> Result<SnapshotInfo, SnapshotError> {
 }
 
 /// Replaces the state machine column families of `engine` with the records
-/// of the snapshot at `path` (verified first), then syncs the WAL. Not
-/// atomic: the caller records the install in progress so a crash redoes it.
+/// of the snapshot at `path` (verified first), then flushes them (they are written
+/// unlogged, as apply's writes). Not atomic: the caller records the install in progress
+/// so a crash redoes it.
 pub fn load(engine: &Engine, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
     verify(path)?;
     for name in cf::STATE_MACHINE {
@@ -346,11 +347,11 @@ pub fn load(engine: &Engine, path: &Path) -> Result<SnapshotInfo, SnapshotError>
     while let Some((name, key, value)) = reader.next_record()? {
         batch.put_cf(engine.cf(name), key, value);
         if batch.size_in_bytes() >= LOAD_BATCH_BYTES {
-            engine.db().write(std::mem::take(&mut batch))?;
+            engine.write_unlogged(std::mem::take(&mut batch))?;
         }
     }
-    engine.db().write(batch)?;
-    engine.sync_wal()?;
+    engine.write_unlogged(batch)?;
+    engine.flush_all()?;
     Ok(reader.info)
 }
 
