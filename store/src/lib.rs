@@ -5,7 +5,6 @@
 //! `raft` (openraft glue: log store, state machine, proposals) → `mvcc`,
 //! `lease`, `watch` (the data model) → `engine` (RocksDB).
 
-pub mod coalesce;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -74,9 +74,3 @@ pub const HTTP_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_
 /// timeout (7 s by default); a probe wants a quicker answer, and a healthy
 /// member's linearizable read takes one heartbeat round trip.
 pub const HEALTH_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-/// Bytes a connection keeps from h2's writes before it sends them without waiting for a flush
-/// (`coalesce`).
-pub const COALESCED_WRITE_BYTES_MAX: usize = 64 * 1024;
-/// A chunk h2 writes of at least this many bytes is not copied: it leaves in one `writev`
-/// together with the kept bytes (`coalesce`).
-pub const UNCOPIED_WRITE_BYTES_MIN: usize = 8 * 1024;

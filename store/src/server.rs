@@ -18,7 +18,6 @@ use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::coalesce::CoalescingStream;
 use crate::config::StoreConfig;
 use crate::http::GrpcMetricsLayer;
 use crate::limits::{GRPC_OVERHEAD_BYTES, PEER_MESSAGE_BYTES_MAX};
@@ -30,6 +29,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::peerpb::peer_server::PeerServer;
 use crate::service::Ctx;
+use coalesce::CoalescingStream;
 
 /// Errors running the server.
 #[derive(Debug, thiserror::Error)]

@@ -18,15 +18,25 @@
 //! response was flushed alone, though a batch of reads released by one read index finishes
 //! together. The deferred flush lets the tasks already queued add their responses first, as
 //! grpc-go's writer flushes only when no more frames are queued.
+//!
+//! Both ends use it: the store wraps every connection it accepts, and the load generator
+//! dials with [`dial`], since h2's client side writes a request of 256 bytes or more as two
+//! calls too, where etcd's benchmark tool (grpc-go) coalesces.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tonic::transport::server::Connected;
 
-use crate::limits::{COALESCED_WRITE_BYTES_MAX, UNCOPIED_WRITE_BYTES_MIN};
+/// Bytes a connection keeps from h2's writes before it sends them without waiting for a flush.
+pub const COALESCED_WRITE_BYTES_MAX: usize = 64 * 1024;
+/// A chunk h2 writes of at least this many bytes is not copied: it leaves in one `writev`
+/// together with the kept bytes.
+pub const UNCOPIED_WRITE_BYTES_MIN: usize = 8 * 1024;
 
 /// A byte stream whose writes are kept until a flush and then sent in one system call.
 #[derive(Debug)]
@@ -139,6 +149,18 @@ impl<T: Connected> Connected for CoalescingStream<T> {
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
     }
+}
+
+/// Dials `uri` (`http://host:port`) with Nagle's algorithm off and the connection's writes
+/// coalesced: a connector for tonic's `Endpoint::connect_with_connector`.
+pub async fn dial(uri: http::Uri) -> io::Result<TokioIo<CoalescingStream<TcpStream>>> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: {what}"));
+    // An IPv6 literal comes bracketed ("[::1]"), which a socket address does not take.
+    let host = uri.host().ok_or_else(|| invalid("no host"))?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().ok_or_else(|| invalid("no port"))?;
+    let stream = TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(TokioIo::new(CoalescingStream::new(stream)))
 }
 
 #[cfg(test)]
@@ -262,5 +284,29 @@ mod tests {
         assert!(!s.inner.calls.is_empty(), "a full buffer is sent without waiting for a flush");
         s.flush().await.unwrap();
         assert_eq!(s.inner.calls.concat().len(), written);
+    }
+
+    #[tokio::test]
+    async fn dialed_connections_have_nagle_off_and_coalesce() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let io = dial(format!("http://127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        let stream = io.inner();
+        assert!(stream.get_ref().nodelay().unwrap(), "a dialed connection still runs Nagle's algorithm");
+        assert!(!AsyncWrite::is_write_vectored(stream), "not the coalescing stream");
+        let mut stream = io.into_inner();
+        stream.write_all(b"ping").await.unwrap();
+        stream.flush().await.unwrap();
+        let mut got = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut accepted, &mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+    }
+
+    #[tokio::test]
+    async fn a_url_without_a_port_is_an_error_not_a_guess() {
+        let err = dial("http://127.0.0.1".parse().unwrap()).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("no port"), "{err}");
     }
 }
