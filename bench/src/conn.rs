@@ -23,7 +23,8 @@ pub const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
 /// window 10,000 watchers on one connection killed it. Memory stays bounded by the stream
 /// windows, not by this.
 pub const CONNECTION_WINDOW_BYTES: u32 = (1 << 31) - 1;
-/// Endpoint changes queued between etcd-client and the channel (etcd-client asks for 64).
+/// Endpoint changes etcd-client may queue for the channel, which drains and ignores them: each
+/// channel has its one endpoint (etcd-client asks for 64).
 const ENDPOINT_CHANGES_BUFFERED_MAX: usize = 64;
 
 /// The connections of a run.
