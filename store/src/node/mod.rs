@@ -276,6 +276,14 @@ fn raft_config(config: &StoreConfig) -> Result<Arc<openraft::Config>, StartError
         // the whole cluster's leader down; etcd's leader just walks the follower's next index
         // back. Allowed, the leader re-replicates to it.
         allow_log_reversion: Some(true),
+        // A restarted leader campaigns again, as etcd's does, instead of resuming its old term
+        // at once. Resumed, its read index is the larger of its old term's no-op and the saved
+        // committed id, which lags what it had acknowledged: the state machine's writes are not
+        // flushed when apply returns and the committed id rides with the next log write
+        // (raft/log_store.rs), and with a power loss even a written id can be lost. A new
+        // term's no-op covers every acknowledged write. `full_cluster_kill_and_restart` read
+        // acknowledged keys as missing with it on.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     Ok(Arc::new(raft_config.validate().map_err(|e| StartError::Raft(e.to_string()))?))

@@ -3,7 +3,8 @@
 //!
 //! Layout: `raft_log` maps a big-endian u64 index to an encoded entry (so key
 //! order is index order); `raft_meta` holds `vote`, `last_purged` and
-//! `committed`. Durability follows openraft's contract (see the notes, §2.1):
+//! `committed` (kept in memory until the next write carries it, so it costs no
+//! WAL write of its own). Durability follows openraft's contract (see the notes, §2.1):
 //! a vote, a truncation and a purge are fsynced before the call returns; an
 //! append is written (readable) at return and fsynced before its callback.
 
@@ -321,6 +322,11 @@ impl FsyncWorker {
 /// The Raft log storage. Not `Clone`: openraft owns it and serializes its calls.
 pub struct LogStore {
     reader: LogReader,
+    /// The committed log id openraft last saved, until a write carries it to disk.
+    /// `None`: nothing unsaved. It rides with the next append (or synced write)
+    /// instead of costing a WAL write of its own per commit advance; see
+    /// `save_committed`.
+    unsaved_committed: Option<Option<LogId>>,
     /// `None` only while dropping, to close the channel before joining the thread.
     jobs: Option<mpsc::Sender<Job>>,
     worker: Option<JoinHandle<()>>,
@@ -357,6 +363,7 @@ impl LogStore {
             .expect("spawn the raft log fsync thread");
         Ok(LogStore {
             reader,
+            unsaved_committed: None,
             jobs: Some(tx),
             worker: Some(handle),
             #[cfg(test)]
@@ -374,18 +381,31 @@ impl LogStore {
         jobs.send(job).await.map_err(|_| io::Error::other("raft log fsync thread has stopped"))
     }
 
-    /// Writes `batch` and makes it durable on the fsync thread, returning once it is.
-    async fn write_synced(&self, batch: WriteBatch) -> io::Result<()> {
+    /// Writes `batch` (with the unsaved committed log id) and makes it durable on the
+    /// fsync thread, returning once it is.
+    async fn write_synced(&mut self, mut batch: WriteBatch) -> io::Result<()> {
+        self.carry_committed(&mut batch);
         let (reply, done) = oneshot::channel();
         self.submit(Job::SyncWrite { batch, reply }).await?;
         done.await.map_err(|_| io::Error::other("raft log fsync thread has stopped"))?
     }
 
+    /// Adds the committed log id openraft saved since the last write to `batch`.
+    fn carry_committed(&mut self, batch: &mut WriteBatch) {
+        let Some(committed) = self.unsaved_committed.take() else { return };
+        let meta = self.engine().cf(cf::RAFT_META);
+        match committed {
+            Some(id) => batch.put_cf(meta, META_COMMITTED, codec::encode_log_id(&id)),
+            None => batch.delete_cf(meta, META_COMMITTED),
+        }
+    }
+
     /// Writes `entries` in one batch, without sync: a memtable insert plus a buffered
     /// WAL append, cheap enough for the caller's task, and the entries are readable
     /// once it returns (openraft reads them back before the fsync completes).
-    fn write_entries(&self, entries: impl IntoIterator<Item = Entry>, span: &tracing::Span) -> io::Result<()> {
+    fn write_entries(&mut self, entries: impl IntoIterator<Item = Entry>, span: &tracing::Span) -> io::Result<()> {
         let (mut batch, mut first, mut last) = (WriteBatch::default(), None, None);
+        self.carry_committed(&mut batch);
         let log_cf = self.engine().cf(cf::RAFT_LOG);
         let mut written = Vec::new();
         for entry in entries {
@@ -440,19 +460,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        let _guard = tracing::debug_span!("raft_save_committed", ?committed).entered();
-        let (db, meta) = (self.engine().db(), self.engine().cf(cf::RAFT_META));
-        // Not synced: losing it only means re-applying less on restart; the next
-        // synced write (vote, append fsync) carries it to disk anyway.
-        match committed {
-            Some(id) => db.put_cf(meta, META_COMMITTED, codec::encode_log_id(&id)),
-            None => db.delete_cf(meta, META_COMMITTED),
-        }
-        .map_err(|e| io::Error::from(EngineError::from(e)))
+        tracing::trace!(?committed, "raft committed log id saved (written with the next log write)");
+        // Kept in memory until the next append, vote, truncation or purge writes it: a WAL
+        // write of its own per commit advance cost every member one RocksDB write group per
+        // apply group, on openraft's core task. What the saved id is for: at start, openraft
+        // re-applies the entries between the state machine's flushed `last_applied` and it.
+        // A stale (or lost) one only means re-applying less at start, and the leader's next
+        // commit index applies the rest (openraft takes `last_applied` when that is ahead).
+        // This relies on `enable_leader_restore` being off (node/mod.rs): a leader restored
+        // in its old term would take this id as its read index and miss writes it had
+        // acknowledged.
+        self.unsaved_committed = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.reader.committed()?)
+        match self.unsaved_committed {
+            Some(committed) => Ok(committed),
+            None => Ok(self.reader.committed()?),
+        }
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
@@ -637,8 +663,8 @@ mod tests {
             let mut store = LogStore::open(Engine::open(dir.path()).expect("engine"), Arc::default()).expect("store");
             append_durably(&mut store, (1..=10).map(|i| normal(2, i)).collect()).await;
             store.save_vote(&vote(2, 1, true)).await.expect("vote");
-            store.purge(log_id(2, 1, 3)).await.expect("purge");
             store.save_committed(Some(log_id(2, 1, 8))).await.expect("committed");
+            store.purge(log_id(2, 1, 3)).await.expect("purge");
         } // dropping the store joins the fsync thread and closes the database
 
         let mut store = LogStore::open(Engine::open(dir.path()).expect("engine"), Arc::default()).expect("reopen");
@@ -653,6 +679,34 @@ mod tests {
 
         store.save_committed(None).await.expect("clear committed");
         assert_eq!(store.read_committed().await.expect("committed"), None);
+    }
+
+    /// The committed log id costs no write of its own: it is on disk only once the
+    /// next write carries it, and until then reads come from memory.
+    #[tokio::test]
+    async fn the_committed_log_id_rides_with_the_next_write() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let reopen = || LogStore::open(Engine::open(dir.path()).expect("engine"), Arc::default()).expect("store");
+        {
+            let mut store = reopen();
+            append_durably(&mut store, (1..=5).map(|i| normal(2, i)).collect()).await;
+            store.save_committed(Some(log_id(2, 1, 3))).await.expect("committed");
+            assert_eq!(store.read_committed().await.expect("committed"), Some(log_id(2, 1, 3)));
+        }
+        let mut store = reopen();
+        assert_eq!(store.read_committed().await.expect("committed"), None, "no write carried it");
+
+        store.save_committed(Some(log_id(2, 1, 4))).await.expect("committed");
+        append_durably(&mut store, vec![normal(2, 6)]).await;
+        drop(store);
+        let mut store = reopen();
+        assert_eq!(store.read_committed().await.expect("committed"), Some(log_id(2, 1, 4)), "the append carried it");
+
+        store.save_committed(Some(log_id(2, 1, 6))).await.expect("committed");
+        store.save_vote(&vote(3, 1, false)).await.expect("vote");
+        drop(store);
+        let mut store = reopen();
+        assert_eq!(store.read_committed().await.expect("committed"), Some(log_id(2, 1, 6)), "the vote carried it");
     }
 
     #[tokio::test]
