@@ -10,4 +10,6 @@ mod group_tests;
 pub mod log_cache;
 pub mod log_store;
 pub mod state_machine;
+#[cfg(test)]
+mod storage_suite_tests;
 pub mod types;
