@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use super::{Compactor, KeyValue, RangeQuery, ReadView, WriteTxn, check_compact, load_revisions};
+use super::{Compactor, KeyValue, LatestCache, RangeQuery, ReadView, WriteTxn, check_compact, load_revisions};
 use crate::engine::{Engine, cf};
 use crate::error::StoreError;
 
@@ -77,9 +77,12 @@ impl Model {
     }
 }
 
-fn write(engine: &Engine, changes: &[(Bytes, Option<Bytes>)]) {
+/// Writes `changes` as one txn, reading previous versions through `cache` first, as apply does
+/// (and keeping it as apply does): a cache that disagreed with `kv_latest` would show up as a
+/// wrong version or create revision in the reads.
+fn write(engine: &Engine, cache: &mut LatestCache, changes: &[(Bytes, Option<Bytes>)]) {
     let (current, compacted) = load_revisions(engine).unwrap();
-    let mut txn = WriteTxn::new(engine, current, compacted);
+    let mut txn = WriteTxn::new(engine, current, compacted).with_cache(cache);
     for (k, v) in changes {
         match v {
             Some(v) => {
@@ -90,8 +93,9 @@ fn write(engine: &Engine, changes: &[(Bytes, Option<Bytes>)]) {
             }
         }
     }
-    let (batch, _, _) = txn.finish();
+    let (batch, _, events) = txn.finish();
     engine.db().write(batch).unwrap();
+    cache.apply_events(&events);
 }
 
 fn compact(engine: &Engine, model: &mut Model, rev: i64) {
@@ -154,24 +158,26 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path()).unwrap();
         let mut model = Model { states: vec![BTreeMap::new()], compacted: 0 };
+        // Room for about three of the six keys: entries are evicted and looked up in RocksDB.
+        let mut cache = LatestCache::with_limit(400);
         let mut hash_before = None;
         for op in ops {
             match op {
                 Op::Put(k, v) => {
                     let c = [(key(k), Some(Bytes::from(vec![v])))];
-                    write(&engine, &c);
+                    write(&engine, &mut cache, &c);
                     model.apply(&c);
                 }
                 Op::Delete(k, w) => {
                     let c: Vec<_> = (k..k.saturating_add(w).min(6)).map(|k| (key(k), None)).collect();
-                    write(&engine, &c);
+                    write(&engine, &mut cache, &c);
                     model.apply(&c);
                 }
                 Op::Txn(ch) => {
                     let mut seen = std::collections::HashSet::new();
                     let c: Vec<_> = ch.into_iter().filter(|(k, _)| seen.insert(*k))
                         .map(|(k, v)| (key(k), v.map(|v| Bytes::from(vec![v])))).collect();
-                    write(&engine, &c);
+                    write(&engine, &mut cache, &c);
                     model.apply(&c);
                 }
                 Op::Compact(r) => {

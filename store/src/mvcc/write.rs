@@ -7,6 +7,7 @@ use bytes::Bytes;
 use rocksdb::WriteBatch;
 
 use super::codec::{self, Record};
+use super::latest_cache::LatestCache;
 use super::read::{RangeQuery, RangeResult, ReadView};
 use super::{Event, EventKind, KeyValue, META_REVISION, range};
 use crate::engine::{Engine, EngineError, cf};
@@ -24,6 +25,8 @@ pub struct WriteTxn<'a> {
     batch: WriteBatch,
     overlay: Overlay,
     events: Vec<Event>,
+    /// Live versions as of the last written batch, consulted before `kv_latest`.
+    cache: Option<&'a LatestCache>,
 }
 
 impl<'a> WriteTxn<'a> {
@@ -44,7 +47,14 @@ impl<'a> WriteTxn<'a> {
             batch,
             overlay,
             events: Vec::new(),
+            cache: None,
         }
+    }
+
+    /// Looks keys up in `cache` before `kv_latest`; it must hold the state the database has
+    /// (what apply wrote up to the batch this txn builds on).
+    pub fn with_cache(self, cache: &'a LatestCache) -> Self {
+        WriteTxn { cache: Some(cache), ..self }
     }
 
     /// The revision this txn writes at (if it writes anything).
@@ -66,6 +76,9 @@ impl<'a> WriteTxn<'a> {
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, EngineError> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
+        }
+        if let Some(kv) = self.cache.and_then(|c| c.get(key)) {
+            return Ok(Some(kv.clone()));
         }
         Ok(self.view.get_latest(key)?.map(|r| KeyValue::from_record(Bytes::copy_from_slice(key), r)))
     }

@@ -136,3 +136,44 @@ async fn a_reopened_state_machine_still_answers_duplicates() {
     let view = ReadView::snapshot(&engine).unwrap();
     assert_eq!(view.current, 4, "revisions 2, 3, 4: one per applied put, none for the retry");
 }
+
+/// A snapshot install replaces `kv_latest` wholesale, so the cache of live versions a put reads
+/// first must be emptied with it: a put after the install continues the snapshot's version of a
+/// key, not the one this member had cached before.
+#[tokio::test]
+async fn a_put_after_a_snapshot_install_continues_the_snapshots_versions() {
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine as _};
+
+    let open = |dir: &std::path::Path| {
+        let engine = Engine::open(&dir.join("db")).unwrap();
+        let snapshots = Arc::new(SnapshotDir::open(dir.join("snap")).unwrap());
+        let shared = Shared::open(engine.clone(), snapshots.clone(), Arc::new(Metrics::new())).unwrap();
+        (engine, snapshots, StateMachine::open(shared).unwrap())
+    };
+    let apply = |entries: Vec<Entry>| futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_, _, mut leader) = open(dir_a.path());
+    let (engine, snapshots, mut follower) = open(dir_b.path());
+
+    // The follower has put "a" three times (version 3, all of it cached).
+    let three = (1..=3).map(|i| entry(i, i, Op::Put(put("a", "old")))).collect();
+    follower.apply(apply(three)).await.unwrap();
+    // The leader's history differs: "b" first, then "a" once (version 1, created at revision 3).
+    let leaders = vec![
+        entry(1, 11, Op::Put(put("b", "1"))),
+        entry(2, 12, Op::Put(put("a", "new"))),
+        entry(4, 13, Op::Put(put("b", "2"))),
+    ];
+    leader.apply(apply(leaders)).await.unwrap();
+    let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let built = snapshot.snapshot.into_file().unwrap();
+    let received = snapshots.temp_path("received");
+    std::fs::copy(&built.path, &received).unwrap();
+    let data = crate::snapshot::SnapshotData::File(crate::snapshot::SnapshotFile::open(&received).unwrap());
+    follower.install_snapshot(&snapshot.meta, data).await.unwrap();
+
+    follower.apply(apply(vec![entry(5, 14, Op::Put(put("a", "after")))])).await.unwrap();
+    let latest = ReadView::snapshot(&engine).unwrap().get_latest(b"a").unwrap().unwrap();
+    assert_eq!(&latest.value[..], b"after");
+    assert_eq!((latest.version, latest.create_revision), (2, 3), "continues the snapshot's a@version 1");
+}

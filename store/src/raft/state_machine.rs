@@ -22,7 +22,7 @@ use crate::engine::{Engine, EngineError, cf};
 use crate::error::StoreError;
 use crate::lease::Lessor;
 use crate::metrics::Metrics;
-use crate::mvcc::{self, Event, Overlay, WriteTxn};
+use crate::mvcc::{self, Event, LatestCache, Overlay, WriteTxn};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::raftlog::{self, command::Op};
 use crate::snapshot::{self, Published, SnapshotData, SnapshotDir, SnapshotInfo};
@@ -98,6 +98,8 @@ pub struct StateMachine {
     rev: Revisions,
     /// The ids in the dedup table (empty in a snapshot builder, which applies nothing).
     dedup: DedupIndex,
+    /// Live versions of recently written keys: what a put replaces, without a RocksDB read.
+    latest: LatestCache,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -119,7 +121,7 @@ impl StateMachine {
         };
         let rev = *shared.revisions.borrow();
         let dedup = DedupIndex::load(engine).map_err(io_err)?;
-        Ok(StateMachine { shared, last_applied, membership, rev, dedup })
+        Ok(StateMachine { shared, last_applied, membership, rev, dedup, latest: LatestCache::default() })
     }
 
     fn engine(&self) -> &Engine {
@@ -213,7 +215,8 @@ impl StateMachine {
     ) -> (WriteBatch, Overlay, Vec<Event>, Applied) {
         let engine = self.shared.engine.clone();
         let staged_before = batch.len();
-        let mut txn = WriteTxn::resume(&engine, self.rev.current, self.rev.compacted, batch, overlay);
+        let mut txn =
+            WriteTxn::resume(&engine, self.rev.current, self.rev.compacted, batch, overlay).with_cache(&self.latest);
         let result = apply::apply_txn(&engine, &mut txn, &req);
         let (batch, overlay, revision, events) = txn.finish_with_overlay();
         let applied = match result {
@@ -271,7 +274,7 @@ impl StateMachine {
             {
                 return (WriteBatch::default(), Vec::new(), Applied::Rejected(e.into()));
             }
-            let mut txn = WriteTxn::new(&engine, self.rev.current, self.rev.compacted);
+            let mut txn = WriteTxn::new(&engine, self.rev.current, self.rev.compacted).with_cache(&self.latest);
             if let Err(e) = apply::revoke_lease(&engine, &mut txn, *id) {
                 return (WriteBatch::default(), Vec::new(), Applied::Rejected(e));
             }
@@ -285,13 +288,16 @@ impl StateMachine {
         (batch, events, Applied::LeaseRevoke(resp))
     }
 
-    fn write_and_publish(&self, batch: WriteBatch, events: &[Event]) -> Result<(), EngineError> {
+    fn write_and_publish(&mut self, batch: WriteBatch, events: &[Event]) -> Result<(), EngineError> {
         self.engine().write_unlogged(batch)?;
         self.publish(events);
         Ok(())
     }
 
-    fn publish(&self, events: &[Event]) {
+    /// After a batch is written: its changes go into the cache of live versions and to the
+    /// watchers.
+    fn publish(&mut self, events: &[Event]) {
+        self.latest.apply_events(events);
         if let Some(last) = events.last() {
             self.shared.hub.publish(last.kv.mod_revision, events);
         }
@@ -400,7 +406,7 @@ impl StateMachine {
         Ok(())
     }
 
-    fn after_write(&self, events: &[Event], applied: &Applied) {
+    fn after_write(&mut self, events: &[Event], applied: &Applied) {
         self.publish(events);
         match applied {
             Applied::LeaseGrant(g) => self.shared.lessor.on_grant(g.id, g.ttl),
@@ -558,6 +564,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             membership: self.membership.clone(),
             rev: self.rev,
             dedup: DedupIndex::default(),
+            latest: LatestCache::default(),
         }
     }
 
@@ -584,6 +591,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(io_err)??;
+        // `kv_latest` was replaced wholesale.
+        self.latest.clear();
         self.rev = self.shared.reload().map_err(io_err)?;
         self.last_applied = info.last_log_id;
         self.membership = info.last_membership.clone();
