@@ -14,7 +14,7 @@ mod write;
 pub use codec::Record;
 pub use compact::{Compactor, check_compact};
 pub use hash::hash_kv;
-pub use latest_cache::{LATEST_CACHE_BYTES_MAX, LatestCache};
+pub use latest_cache::LatestCache;
 pub use read::{RangeQuery, RangeResult, ReadView, SortOrder, SortTarget};
 pub(crate) use write::lease_keys;
 pub use write::{Overlay, WriteTxn, stage_revision};
