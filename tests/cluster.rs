@@ -13,7 +13,7 @@ use common::cluster::{
     metric_samples, put_many, serial,
 };
 use common::{current_revision, expect_grpc_error, is_etcd, next_watch, rev, within, within_for};
-use etcd_client::{Client, WatchOptions};
+use etcd_client::{Client, ConnectOptions, WatchOptions};
 use etcd_client::{Compare, CompareOp, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp};
 use tokio::task::JoinSet;
 
@@ -523,4 +523,68 @@ async fn status_and_move_leader() -> Result<()> {
     let acked: Acked = put_many(&client, "updated/", 10, 2).await?;
     check_acked(&mut client, "updated/", &acked).await?;
     Ok(())
+}
+
+/// etcd's require-leader rule (`hasleader` metadata, which Kubernetes' API server sets on every
+/// watch): a member cut off from a quorum cancels such watch and keep-alive streams with
+/// "etcdserver: no leader" after a few election timeouts and refuses new ones, so the client
+/// moves to another member; streams without the metadata stay open. `on_leader`: the member is
+/// the leader (which loses its quorum), else a follower (which loses its leader).
+async fn require_leader_streams_end_without_a_quorum(on_leader: bool) -> Result<()> {
+    let _serial = serial().await;
+    let opts = ClusterOpts::default();
+    let et = election_timeout(&opts);
+    let mut cluster = TestCluster::start(3, opts).await?;
+    let leader = cluster.leader().await?;
+    let member = if on_leader { leader } else { cluster.live_except(leader)[0] };
+    let endpoint = [cluster.endpoint(member)];
+    let options =
+        |require| ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_require_leader(require);
+    let mut strict = Client::connect(endpoint.clone(), Some(options(true))).await?;
+    let mut plain = Client::connect(endpoint, Some(options(false))).await?;
+
+    let prefix = || Some(WatchOptions::new().with_prefix());
+    let mut strict_watch = strict.watch("rl/", prefix()).await?;
+    let mut plain_watch = plain.watch("rl/", prefix()).await?;
+    for stream in [&mut strict_watch, &mut plain_watch] {
+        ensure!(next_watch(stream).await?.created(), "the first watch response is not the creation");
+    }
+    let lease = strict.lease_grant(60, None).await?.id();
+    let (mut keeper, mut keep_alives) = strict.lease_keep_alive(lease).await?;
+    keeper.keep_alive().await?;
+    within("keep-alive answer", keep_alives.message()).await??.context("keep-alive stream ended")?;
+    strict.put("rl/a", "1", None).await?;
+    for stream in [&mut strict_watch, &mut plain_watch] {
+        let events = next_watch(stream).await?.events().len();
+        ensure!(events == 1, "expected the put's event, got {events} events");
+    }
+
+    for i in cluster.live_except(member) {
+        cluster.kill9(i)?;
+    }
+    // etcd: three checks one election timeout apart, after an election timeout without a leader.
+    let limit = et * 8 + Duration::from_secs(5);
+    let ended = within_for(limit, "the require-leader watch to end", strict_watch.message()).await?;
+    let status = ended.err().and_then(|e| common::grpc_status(&e));
+    let no_leader = Some(("Unavailable".to_string(), "etcdserver: no leader".to_string()));
+    ensure!(status == no_leader, "require-leader watch ended with {status:?}");
+    let ended = within_for(limit, "the require-leader keep-alive to end", keep_alives.message()).await?;
+    let status = ended.err().and_then(|e| common::grpc_status(&e));
+    ensure!(status == no_leader, "require-leader keep-alive ended with {status:?}");
+    let refused = within("a new require-leader watch", strict.watch("rl/", prefix())).await?;
+    expect_grpc_error(refused.map(|_| ()), "Unavailable", "etcdserver: no leader")?;
+    // Without the metadata a watch is still served (from this member's own state).
+    let mut served = within("a new plain watch", plain.watch("rl/", prefix())).await??;
+    ensure!(next_watch(&mut served).await?.created(), "the plain watch was not created");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn require_leader_streams_end_on_a_follower_that_lost_its_leader() -> Result<()> {
+    require_leader_streams_end_without_a_quorum(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn require_leader_streams_end_on_a_leader_that_lost_its_quorum() -> Result<()> {
+    require_leader_streams_end_without_a_quorum(true).await
 }

@@ -576,3 +576,23 @@ async fn large_revisions_are_fragmented_only_when_asked() -> Result<()> {
     }
     Ok(())
 }
+
+/// A sole voter is its own quorum: its require-leader streams (`hasleader`, as Kubernetes' API
+/// server sets) stay open past the three leaderless checks that would cancel them elsewhere.
+#[tokio::test]
+async fn require_leader_watch_stays_open_on_a_single_member() -> Result<()> {
+    const ELECTION_MS: u64 = 100;
+    let server = TestServer::start_with(&["--heartbeat-interval", "20", "--election-timeout", "100"]).await?;
+    let options = etcd_client::ConnectOptions::new().with_require_leader(true);
+    let mut client = Client::connect([server.endpoint()], Some(options)).await?;
+    let mut stream = client.watch("solo/", Some(WatchOptions::new().with_prefix())).await?;
+    ensure!(next_watch(&mut stream).await?.created(), "the first watch response is not the creation");
+    // Puts spanning ten election timeouts, each delivered: the stream was never cancelled.
+    for i in 0..20 {
+        client.put(format!("solo/{i}"), "v", None).await?;
+        let resp = next_watch(&mut stream).await?;
+        ensure!(!resp.canceled() && resp.events().len() == 1, "put {i}: {resp:?}");
+        tokio::time::sleep(Duration::from_millis(ELECTION_MS / 2)).await;
+    }
+    Ok(())
+}

@@ -31,6 +31,7 @@ pub mod forward_batch;
 pub mod membership;
 mod peer_batch;
 pub mod read_batch;
+pub mod require_leader;
 
 use bootstrap::{Bootstrap, Identity};
 
@@ -95,6 +96,10 @@ pub struct Node {
     /// True once this member's name and client URLs are applied (etcd's ReadyNotify): client
     /// requests are served only from then on.
     published: watch::Sender<bool>,
+    /// Bumped when require-leader streams must end (see [`require_leader`]).
+    leader_lost: watch::Sender<u64>,
+    /// When this member last took an append from a leader.
+    pub leader_contact: require_leader::LeaderContact,
 }
 
 impl Node {
@@ -145,6 +150,8 @@ impl Node {
             shutdown: watch::channel(false).0,
             compaction_done: watch::channel(0).0,
             published: watch::channel(false).0,
+            leader_lost: watch::channel(0).0,
+            leader_contact: Default::default(),
         });
         node.spawn_background();
         Ok(node)
@@ -156,6 +163,7 @@ impl Node {
         tokio::spawn(run_compactor(self.shared.engine.clone(), target, self.compaction_done.clone()));
         tokio::spawn(run_lease_expiry(self.clone(), self.shutdown.subscribe()));
         tokio::spawn(forward::run_publish(self.clone(), self.shutdown.subscribe()));
+        tokio::spawn(require_leader::run_leader_monitor(self.clone(), self.shutdown.subscribe()));
     }
 
     /// Stops background work and Raft.

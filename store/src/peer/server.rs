@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+use openraft::raft::{AppendEntriesResponse, StreamAppendError};
 use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -101,6 +102,9 @@ impl Peer for PeerService {
         self.check_route(req.route.as_ref())?;
         let append = convert::append_request_from_pb(req).map_err(bad_input)?;
         let reply = self.raft().append_entries(append).await.map_err(raft_failed)?;
+        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+            self.node.leader_contact.note();
+        }
         Ok(Response::new(convert::append_reply_to_pb(&reply)))
     }
 
@@ -120,8 +124,14 @@ impl Peer for PeerService {
         };
         // The leader keeps its stream open for as long as it leads: end it when this member stops.
         let input = stream_append::requests(req.into_inner(), check, refused.clone()).take_until(self.node.stopping());
-        let replies = self.raft().stream_append(input).map(|r| match r {
-            Ok(result) => Ok(convert::stream_reply_to_pb(&result)),
+        let node = self.node.clone();
+        let replies = self.raft().stream_append(input).map(move |r| match r {
+            Ok(result) => {
+                if !matches!(result, Err(StreamAppendError::HigherVote(_))) {
+                    node.leader_contact.note();
+                }
+                Ok(convert::stream_reply_to_pb(&result))
+            }
             Err(fatal) => Err(raft_failed(fatal)),
         });
         // A refused request ended the input: after the replies owed, say why.

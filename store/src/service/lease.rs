@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{Ctx, fill};
 use crate::error::StoreError;
 use crate::limits::{LEASE_KEEPALIVE_RESPONSES_BUFFERED_MAX, LEASE_TTL_MAX_SECS};
+use crate::node::require_leader::LeaderGuard;
 use crate::proto::etcdserverpb::{self as pb, lease_server::Lease};
 use crate::proto::raftlog::{self, command::Op};
 use crate::raft::apply;
@@ -78,11 +79,22 @@ impl Lease for Ctx {
         &self,
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let mut leader = LeaderGuard::open(&self.node, req.metadata())?;
         let mut input = req.into_inner();
         let (tx, rx) = mpsc::channel(LEASE_KEEPALIVE_RESPONSES_BUFFERED_MAX);
         let node = self.node.clone();
         tokio::spawn(async move {
-            while let Ok(Some(ka)) = input.message().await {
+            loop {
+                let ka = tokio::select! {
+                    msg = input.message() => match msg {
+                        Ok(Some(ka)) => ka,
+                        Ok(None) | Err(_) => return,
+                    },
+                    _ = leader.lost() => {
+                        let _ = tx.send(Err(StoreError::NoLeader.into())).await;
+                        return;
+                    }
+                };
                 let ttl = match node.lease_keep_alive(ka.id).await {
                     Ok(ttl) => ttl.unwrap_or(0),
                     Err(e) => {

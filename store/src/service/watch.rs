@@ -16,6 +16,7 @@ use super::Ctx;
 use crate::error::StoreError;
 use crate::limits::{WATCH_STREAM_RESPONSES_BUFFERED_MAX, WATCHERS_PER_STREAM_MAX};
 use crate::node::Node;
+use crate::node::require_leader::LeaderGuard;
 use crate::proto::etcdserverpb::{self as pb, watch_create_request::FilterType, watch_request, watch_server::Watch};
 use crate::watch::{StreamItem, WatchSpec};
 
@@ -235,7 +236,12 @@ impl WatchStreamTask {
         true
     }
 
-    async fn run(mut self, mut input: Streaming<pb::WatchRequest>, mut items: mpsc::Receiver<StreamItem>) {
+    async fn run(
+        mut self,
+        mut input: Streaming<pb::WatchRequest>,
+        mut items: mpsc::Receiver<StreamItem>,
+        mut leader: LeaderGuard,
+    ) {
         let mut tick = tokio::time::interval(self.node.config.watch_progress_notify_interval);
         tick.tick().await;
         let mut recheck = tokio::time::interval(PROGRESS_RECHECK_INTERVAL);
@@ -248,6 +254,10 @@ impl WatchStreamTask {
                 Some(item) = items.recv() => self.item(item).await,
                 _ = tick.tick() => self.progress_tick(&mut items).await,
                 _ = recheck.tick(), if self.progress_pending => self.try_progress(&mut items).await,
+                _ = leader.lost() => {
+                    let _ = self.out.send(Err(StoreError::NoLeader.into())).await;
+                    false
+                }
             };
             if !alive {
                 break;
@@ -266,6 +276,7 @@ impl Watch for Ctx {
     type WatchStream = WatchResponseStream;
 
     async fn watch(&self, req: Request<Streaming<pb::WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        let leader = LeaderGuard::open(&self.node, req.metadata())?;
         let input = req.into_inner();
         let (out, out_rx) = mpsc::channel(WATCH_OUTBOUND_RESPONSES_MAX);
         let (sink, items) = mpsc::channel(WATCH_STREAM_RESPONSES_BUFFERED_MAX);
@@ -277,7 +288,7 @@ impl Watch for Ctx {
             next_id: 0,
             progress_pending: false,
         };
-        tokio::spawn(task.run(input, items));
+        tokio::spawn(task.run(input, items, leader));
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
 }
