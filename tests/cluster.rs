@@ -576,6 +576,12 @@ async fn require_leader_streams_end_without_a_quorum(on_leader: bool) -> Result<
     // Without the metadata a watch is still served (from this member's own state).
     let mut served = within("a new plain watch", plain.watch("rl/", prefix())).await??;
     ensure!(next_watch(&mut served).await?.created(), "the plain watch was not created");
+    // The member's own reports agree: no leader in its metrics, unhealthy.
+    let (_, metrics) = http_get(&cluster.endpoint(member), "/metrics").await?;
+    let has_leader = metric_samples(&metrics, "etcd_server_has_leader");
+    ensure!(has_leader == [(String::new(), 0.0)], "etcd_server_has_leader: {has_leader:?}");
+    let (code, body) = http_get(&cluster.endpoint(member), "/health").await?;
+    ensure!(code == 503 && body.contains("\"health\":\"false\""), "/health answered {code} {body:?}");
     Ok(())
 }
 
