@@ -54,11 +54,10 @@ pub trait Member: Send + Sync + 'static {
 }
 
 impl Member for Node {
-    /// The live leader (see [`Node::has_leader`]): a member cut off from its leader reports none,
+    /// The live leader (see [`Node::live_leader`]): a member cut off from its leader reports none,
     /// as etcd's does once its raft is a (pre-)candidate.
     fn leader(&self) -> Option<u64> {
-        let leader = self.raft.metrics().borrow_watched().current_leader;
-        leader.filter(|_| self.has_leader())
+        self.live_leader()
     }
 
     fn is_learner(&self) -> bool {
@@ -87,7 +86,7 @@ impl Member for Node {
             .flatten()
             .unwrap_or(0);
         Scrape {
-            has_leader: leader.is_some() && self.has_leader(),
+            has_leader: self.has_leader(),
             is_leader: leader == Some(self.member_id),
             committed_index: committed,
             applied_index: applied,

@@ -99,7 +99,7 @@ pub struct Node {
     /// Bumped when require-leader streams must end (see [`require_leader`]).
     leader_lost: watch::Sender<u64>,
     /// When this member last took an append from a leader.
-    pub leader_contact: require_leader::LeaderContact,
+    pub(crate) leader_contact: require_leader::LeaderContact,
 }
 
 impl Node {

@@ -25,7 +25,7 @@ const REQUIRE_LEADER_KEY: &str = "hasleader";
 const REQUIRE_LEADER_VALUE: &str = "true";
 
 /// Whether a request's metadata asks for etcd's require-leader behaviour.
-pub fn requires_leader(metadata: &tonic::metadata::MetadataMap) -> bool {
+fn requires_leader(metadata: &tonic::metadata::MetadataMap) -> bool {
     metadata.get(REQUIRE_LEADER_KEY).is_some_and(|v| v.as_bytes() == REQUIRE_LEADER_VALUE.as_bytes())
 }
 
@@ -95,21 +95,26 @@ impl LeaderContact {
 }
 
 impl Node {
-    /// Whether this member knows a live leader: a follower that heard from one within an
-    /// election timeout, or a leader that a quorum acknowledged within one (etcd's check-quorum
-    /// steps down a leader that was not; a sole voter is its own quorum).
-    pub fn has_leader(&self) -> bool {
+    /// The leader this member knows to be live: for a follower, one it heard from within an
+    /// election timeout; for a leader, itself while a quorum acknowledged it within one (etcd's
+    /// check-quorum steps down a leader that was not; a sole voter is its own quorum).
+    pub fn live_leader(&self) -> Option<u64> {
         let timeout = Duration::from_millis(self.config.election_timeout_ms);
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        match m.current_leader {
-            None => false,
-            Some(leader) if leader == self.member_id => {
-                m.membership_config.membership().voter_ids().count() <= 1
-                    || m.last_quorum_acked.as_ref().is_some_and(|at| openraft::Instant::elapsed(&**at) <= timeout)
-            }
-            Some(_) => self.leader_contact.within(timeout),
-        }
+        let leader = m.current_leader?;
+        let live = if leader == self.member_id {
+            m.membership_config.membership().voter_ids().count() <= 1
+                || m.last_quorum_acked.as_ref().is_some_and(|at| openraft::Instant::elapsed(&**at) <= timeout)
+        } else {
+            self.leader_contact.within(timeout)
+        };
+        live.then_some(leader)
+    }
+
+    /// Whether this member knows a live leader ([`Node::live_leader`]).
+    pub fn has_leader(&self) -> bool {
+        self.live_leader().is_some()
     }
 
     /// Changes each time this member has been without a leader for [`NO_LEADER_CHECKS_MAX`]
