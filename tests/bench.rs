@@ -113,6 +113,15 @@ async fn compare_writes_both_systems_side_by_side() -> Result<()> {
         let report = m.report.as_ref().unwrap_or_else(|| panic!("{} {}: {:?}", m.system.name(), m.row, m.error));
         assert_eq!(report.summary.errors, 0, "{} {}: {:?}", m.system.name(), m.row, report.summary.error_counts);
         assert!(m.usage.peak_rss_bytes > 0 && m.usage.cpu_seconds >= 0.0);
+        // The load generator ran its clients and the machine did something meanwhile.
+        assert!(m.usage.load_cpu_seconds >= 0.0, "{} {}: {:?}", m.system.name(), m.row, m.usage);
+        assert!(
+            m.usage.machine_busy > 0.0 && m.usage.machine_busy <= 1.0,
+            "{} {}: {:?}",
+            m.system.name(),
+            m.row,
+            m.usage
+        );
         assert!(m.headline.is_some_and(|h| h > 0.0), "{} {}", m.system.name(), m.row);
         // Every run waited at least one window for both clusters to be quiet.
         assert!(m.quiet.waited_seconds >= 1.0, "{} {}: {:?}", m.system.name(), m.row, m.quiet);
@@ -247,8 +256,18 @@ fn assert_interleaved(comparison: &bench::compare::Comparison) {
 
 fn assert_results_file(opts: &CompareOpts) -> Result<()> {
     let md = std::fs::read_to_string(&opts.out)?;
-    let table: Vec<&str> = md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| row")).collect();
+    let (main, rest) = md.split_once("## CPU per operation").unwrap_or_else(|| panic!("no CPU section: {md}"));
+    let table: Vec<&str> = main.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| row")).collect();
     assert_eq!(table.len(), 9, "{md}");
+    // The CPU section has the seven ops/s rows (not the two watch rows), each with a ceiling
+    // ("—" only where geobuk's run was too short to take a clock tick of CPU).
+    let costs: Vec<&str> = rest.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| row")).collect();
+    assert_eq!(costs.len(), 7, "{rest}");
+    for line in &costs {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert!(cells[10] == "—" || cells[10].parse::<f64>().is_ok_and(|c| c > 0.0), "ceiling: {line}");
+    }
+    assert!(rest.contains("## What bounds the put rows"), "{rest}");
     for line in &table {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         for cell in &cells[3..5] {

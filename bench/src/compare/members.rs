@@ -1,6 +1,8 @@
-//! Resource use of the member processes during one run of a row: peak RSS (VmHWM, reset before
-//! the run through /proc/PID/clear_refs) and CPU seconds (utime + stime from /proc/PID/stat), so
-//! the results file can set each system's throughput against what it cost.
+//! Resource use during one run of a row: the member processes' peak RSS (VmHWM, reset before
+//! the run through /proc/PID/clear_refs) and CPU seconds (utime + stime from /proc/PID/stat),
+//! the load generator's own CPU seconds (its clients run in this process) and how busy the
+//! machine's cores were (/proc/stat), so the results file can set each system's throughput
+//! against what it cost, and show how far the shared cores let the ratio go.
 
 use std::path::Path;
 
@@ -23,6 +25,22 @@ fn parse_cpu_seconds(stat: &str) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / USER_HZ)
+}
+
+/// Jiffies of all cores together from /proc/stat's first line: (busy, total), where busy is
+/// everything but idle and iowait.
+pub fn machine_jiffies() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    parse_machine_jiffies(&stat).context("parse /proc/stat")
+}
+
+fn parse_machine_jiffies(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line.split_whitespace().map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle, total))
 }
 
 /// The process's peak resident set size since start or the last `reset_peak_rss`, in bytes.
@@ -55,19 +73,27 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     }
 }
 
-/// A run's view of the members: CPU seconds at the start, for the difference at the end.
+/// A run's view of the machine: CPU seconds of the members and of this process, and the
+/// machine's jiffies at the start, for the differences at the end.
 pub struct Sample {
     pids: Vec<u32>,
     cpu_start: Vec<f64>,
+    load_cpu_start: f64,
+    machine_start: (u64, u64),
 }
 
-/// What the members used during a run.
+/// What the members, the load generator and the machine used during a run.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Usage {
     /// CPU seconds of all members together.
     pub cpu_seconds: f64,
     /// The largest member's peak RSS, in bytes.
     pub peak_rss_bytes: u64,
+    /// CPU seconds of the load generator (this process, whose tasks are the clients).
+    pub load_cpu_seconds: f64,
+    /// How busy the machine's cores were, 0–1 (everything on it: both clusters, the load
+    /// generator, the rest).
+    pub machine_busy: f64,
 }
 
 impl Sample {
@@ -78,11 +104,18 @@ impl Sample {
             reset_peak_rss(pid)?;
             cpu_start.push(cpu_seconds(pid)?);
         }
-        Ok(Sample { pids, cpu_start })
+        let load_cpu_start = cpu_seconds(std::process::id())?;
+        Ok(Sample { pids, cpu_start, load_cpu_start, machine_start: machine_jiffies()? })
     }
 
     pub fn finish(&self) -> Result<Usage> {
-        let mut usage = Usage::default();
+        let (busy, total) = machine_jiffies()?;
+        let (busy, total) = (busy.saturating_sub(self.machine_start.0), total.saturating_sub(self.machine_start.1));
+        let mut usage = Usage {
+            load_cpu_seconds: cpu_seconds(std::process::id())? - self.load_cpu_start,
+            machine_busy: if total > 0 { busy as f64 / total as f64 } else { 0.0 },
+            ..Usage::default()
+        };
         for (&pid, start) in self.pids.iter().zip(&self.cpu_start) {
             usage.cpu_seconds += cpu_seconds(pid)? - start;
             usage.peak_rss_bytes = usage.peak_rss_bytes.max(peak_rss_bytes(pid)?);
@@ -100,6 +133,16 @@ mod tests {
         let stat = "4242 (my (weird) cmd) S 1 2 3 4 5 6 7 8 9 10 250 150 0 0 20 0 1 0 100 2000 300";
         assert_eq!(parse_cpu_seconds(stat), Some(4.0));
         assert_eq!(parse_cpu_seconds("garbage"), None);
+    }
+
+    #[test]
+    fn machine_busy_leaves_out_idle_and_iowait() {
+        let stat = "cpu  100 5 20 800 50 3 2 10 7 0\ncpu0 50 2 10 400 25 1 1 5 3 0\nintr 1\n";
+        // busy: user + nice + system + irq + softirq + steal; guest is already inside user.
+        assert_eq!(parse_machine_jiffies(stat), Some((140, 990)));
+        assert_eq!(parse_machine_jiffies("cpu0 1 2 3\n"), None);
+        let (busy, total) = machine_jiffies().unwrap();
+        assert!(busy <= total && total > 0);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! members' CPU seconds and peak RSS per run, and writes the results file and chart that the
 //! performance targets are judged on, with each row's median run.
 
+pub mod budget;
 pub mod chart;
 pub mod members;
 pub mod quiet;
