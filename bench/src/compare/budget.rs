@@ -65,20 +65,20 @@ pub fn section(rows: &[Row], c: &Comparison) -> String {
                 _ => format!("none: the load generator alone rules out {r}×"),
             },
         );
-        let two = |x: Option<f64>| x.filter(|x| x.is_finite()).map_or("—".to_string(), |x| format!("{x:.2}"));
+        let two = |x: f64| if x.is_finite() { format!("{x:.2}") } else { "—".to_string() };
         let _ = writeln!(
             lines,
             "| {} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {needed} |",
             row.title,
             e.members_us,
             g.members_us,
-            two(Some(e.members_us / g.members_us)),
+            two(e.members_us / g.members_us),
             e.load_us,
             g.load_us,
             e.busy * 100.0,
             g.busy * 100.0,
-            two(Some(gh / eh)),
-            two(ceiling(e, g)),
+            two(gh / eh),
+            ceiling(e, g).map_or_else(|| "—".to_string(), two),
         );
     }
     if lines.is_empty() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use openraft::ChangeMembers;
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 
 use super::Node;
@@ -18,7 +18,7 @@ use crate::error::StoreError;
 use crate::proto::etcdserverpb as epb;
 use crate::proto::peerpb::{self as pb, member_change::Change};
 use crate::proto::raftlog;
-use crate::raft::types::{MemberInfo, StoredMembership, TypeConfig};
+use crate::raft::types::{MemberInfo, StoredMembership};
 
 /// etcd promotes a learner only once it has this share of the leader's log.
 const LEARNER_READY_PERCENT: u64 = 90;
@@ -89,6 +89,7 @@ impl Node {
         if self.raft.metrics().borrow_watched().current_leader != Some(self.member_id) {
             return Err(StoreError::NotLeader);
         }
+        self.wait_for_settled_membership().await;
         let metrics = self.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
@@ -107,12 +108,10 @@ impl Node {
                     return Err(StoreError::TooManyLearners);
                 }
                 let info = MemberInfo { name: String::new(), peer_urls: add.peer_urls, client_urls: Vec::new() };
-                let added = self.settled(|| self.raft.add_learner(add.id, info.clone(), false)).await;
+                let added = self.raft.add_learner(add.id, info, false).await;
                 match added {
                     Ok(_) if !add.is_learner => {
-                        let voter =
-                            || self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([add.id])), false);
-                        self.settled(voter).await
+                        self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([add.id])), false).await
                     }
                     other => other,
                 }
@@ -130,8 +129,7 @@ impl Node {
                 if matched * 100 < leader_last * LEARNER_READY_PERCENT {
                     return Err(StoreError::LearnerNotReady);
                 }
-                self.settled(|| self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false))
-                    .await
+                self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
             }
             Change::Remove(id) => {
                 if !exists(id) {
@@ -142,15 +140,14 @@ impl Node {
                 } else {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))
                 };
-                self.settled(|| self.raft.change_membership(change.clone(), false)).await
+                self.raft.change_membership(change, false).await
             }
             Change::Update(update) => {
                 let Some(old) = membership.get_node(&update.id) else {
                     return Err(StoreError::MemberNotFound);
                 };
                 let info = MemberInfo { peer_urls: update.peer_urls, ..old.clone() };
-                let nodes = BTreeMap::from([(update.id, info)]);
-                self.settled(|| self.raft.change_membership(ChangeMembers::SetNodes(nodes.clone()), false)).await
+                self.raft.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(update.id, info)])), false).await
             }
         };
         match result {
@@ -161,40 +158,15 @@ impl Node {
         }
     }
 
-    /// Runs a membership change once the one before it has committed. A leader elected right
-    /// after a change (its predecessor removed itself, say) holds that change's last step
-    /// uncommitted until its first entry commits it, moments later; openraft refuses another
-    /// change meanwhile (`InProgress`), where etcd's Raft loop would simply take them in
-    /// turn. So wait for the step to apply and try again, within the request timeout.
-    async fn settled<T, Fut>(
-        &self,
-        change: impl Fn() -> Fut,
-    ) -> Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>
-    where
-        Fut: std::future::Future<Output = Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>>,
-    {
-        let deadline = tokio::time::Instant::now() + self.config.request_timeout();
-        loop {
-            let in_flight = match change().await {
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                    ChangeMembershipError::InProgress(p),
-                ))) => p.membership_log_id,
-                other => return other,
-            };
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                    ChangeMembershipError::InProgress(openraft::error::InProgress {
-                        committed: None,
-                        membership_log_id: in_flight,
-                    }),
-                )));
-            }
-            let index = in_flight.map(|id| id.index);
-            tracing::info!(?index, "waiting for the membership change in flight to commit");
-            // A timeout or a stopped Raft: the next attempt reports what is wrong.
-            let _ = self.raft.wait(Some(left)).applied_index_at_least(index, "membership change in flight").await;
-        }
+    /// Waits until the membership in effect here has applied, within the request timeout. A
+    /// leader elected right after a change (its predecessor removed itself, say) holds that
+    /// change's last step uncommitted until its own first entry commits it, moments later, and
+    /// openraft refuses another change meanwhile (`InProgress`), where etcd's Raft loop would
+    /// simply take them in turn. On a timeout the change goes ahead and reports what is wrong.
+    async fn wait_for_settled_membership(&self) {
+        let index = self.raft.metrics().borrow_watched().membership_config.log_id().map(|id| id.index);
+        let waited = self.raft.wait(Some(self.config.request_timeout()));
+        let _ = waited.applied_index_at_least(index, "the membership in effect to apply").await;
     }
 
     /// Resolves once this member has been removed from the cluster (it was a
