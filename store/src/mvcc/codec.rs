@@ -11,6 +11,12 @@
 //!   identical bytes, ignored wherever `kv_latest` answers.)
 //! - `kv_revs`: `be(revision) ‖ be(sub)` → user key, the revision-ordered log
 //!   that watch replay and compaction walk.
+//!
+//! Layout v2 (in progress, not written yet; see ARCHITECTURE.md):
+//! - `kv_changes`: `be(revision) ‖ be(sub)` → [`ChangeView`]: every change,
+//!   put or tombstone, keyed by its revision, found through the in-memory
+//!   key index (`key_index`). A put appends in key order of the column family,
+//!   which is what makes it cheap.
 
 use bytes::Bytes;
 
@@ -162,6 +168,96 @@ pub fn decode_revs_key(raw: &[u8]) -> Result<(i64, u32), EngineError> {
     Ok((rev, sub))
 }
 
+/// Layout version in the first byte of every `kv_changes` value.
+const CHANGE_FORMAT_V2: u8 = 2;
+/// format, flags, create revision, version, lease, key length.
+const CHANGE_HEADER_LEN: usize = 2 + 8 * 3 + 4;
+
+/// One `kv_changes` value, borrowed from the stored bytes: a put's or a
+/// tombstone's key, metadata and value. Its mod revision is the record's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeView<'a> {
+    /// The user key.
+    pub key: &'a [u8],
+    /// True for the deletion that ends a generation.
+    pub tombstone: bool,
+    /// Revision of the put that created the generation (0 for a tombstone).
+    pub create_revision: i64,
+    /// Puts in the generation (0 for a tombstone).
+    pub version: i64,
+    /// Attached lease (0 for none).
+    pub lease: i64,
+    /// The value (empty for a tombstone).
+    pub value: &'a [u8],
+}
+
+impl<'a> ChangeView<'a> {
+    /// The change of `key` that `record` describes.
+    pub fn of(key: &'a [u8], record: &'a Record) -> Self {
+        ChangeView {
+            key,
+            tombstone: record.tombstone,
+            create_revision: record.create_revision,
+            version: record.version,
+            lease: record.lease,
+            value: &record.value,
+        }
+    }
+
+    /// Encodes the change as a `kv_changes` value.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CHANGE_HEADER_LEN + self.key.len() + self.value.len());
+        out.push(CHANGE_FORMAT_V2);
+        out.push(if self.tombstone { FLAG_TOMBSTONE } else { 0 });
+        for n in [self.create_revision, self.version, self.lease] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        let key_len = u32::try_from(self.key.len()).expect("keys are limited far below 4 GiB");
+        out.extend_from_slice(&key_len.to_be_bytes());
+        out.extend_from_slice(self.key);
+        out.extend_from_slice(self.value);
+        out
+    }
+
+    /// Parses a `kv_changes` value without copying it.
+    pub fn parse(raw: &'a [u8]) -> Result<Self, EngineError> {
+        let bad = || corrupt("mvcc change", format!("{} bytes, format {:?}", raw.len(), raw.first()));
+        if raw.len() < CHANGE_HEADER_LEN || raw[0] != CHANGE_FORMAT_V2 {
+            return Err(bad());
+        }
+        let n = |i: usize| {
+            let at = 2 + 8 * i;
+            i64::from_be_bytes(raw[at..at + 8].try_into().expect("8-byte slice"))
+        };
+        let key_len = u32::from_be_bytes(raw[26..30].try_into().expect("4-byte slice")) as usize;
+        let rest = &raw[CHANGE_HEADER_LEN..];
+        if rest.len() < key_len {
+            return Err(bad());
+        }
+        let (key, value) = rest.split_at(key_len);
+        Ok(ChangeView {
+            key,
+            tombstone: raw[1] & FLAG_TOMBSTONE != 0,
+            create_revision: n(0),
+            version: n(1),
+            lease: n(2),
+            value,
+        })
+    }
+
+    /// The change as an owned record with its revision.
+    pub fn to_record(&self, mod_revision: i64) -> Record {
+        Record {
+            tombstone: self.tombstone,
+            create_revision: self.create_revision,
+            mod_revision,
+            version: self.version,
+            lease: self.lease,
+            value: Bytes::copy_from_slice(self.value),
+        }
+    }
+}
+
 /// `lease_keys` key attaching `key` to `lease`.
 pub fn lease_key(lease: i64, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + key.len());
@@ -193,6 +289,27 @@ mod tests {
         assert_eq!(record_mod_revision(&r.encode()).unwrap(), 5);
         let t = Record { tombstone: true, version: 0, value: Bytes::new(), ..r };
         assert_eq!(Record::decode(&t.encode()).unwrap(), t);
+    }
+
+    #[test]
+    fn change_layout_is_stable() {
+        let r = Record {
+            tombstone: false,
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+            lease: 7,
+            value: Bytes::from_static(b"v"),
+        };
+        let raw = ChangeView::of(b"k\x00", &r).encode();
+        assert_eq!(hex(&raw), "0200000000000000000200000000000000030000000000000007000000026b0076");
+        let view = ChangeView::parse(&raw).unwrap();
+        assert_eq!((view.key, view.value), (&b"k\x00"[..], &b"v"[..]));
+        assert_eq!(view.to_record(5), r);
+        let t = Record { tombstone: true, create_revision: 0, version: 0, lease: 0, value: Bytes::new(), ..r };
+        let raw = ChangeView::of(b"k", &t).encode();
+        assert_eq!(hex(&raw), "0201000000000000000000000000000000000000000000000000000000016b");
+        assert_eq!(ChangeView::parse(&raw).unwrap().to_record(5), t);
     }
 
     #[test]
@@ -229,5 +346,13 @@ mod tests {
         assert!(decode_history_key(&[0, 1, 2]).is_err());
         assert!(decode_history_key(&[0, 7]).is_err());
         assert!(decode_revs_key(&[1, 2]).is_err());
+        assert!(ChangeView::parse(&[2, 0, 0]).is_err());
+        assert!(ChangeView::parse(&[1; 40]).is_err());
+        let mut long_key = [0u8; 31];
+        long_key[0] = 2;
+        long_key[26..30].copy_from_slice(&2u32.to_be_bytes());
+        assert!(ChangeView::parse(&long_key).is_err(), "key length past the end");
+        long_key[29] = 1;
+        assert!(ChangeView::parse(&long_key).is_ok());
     }
 }

@@ -7,6 +7,7 @@
 pub mod codec;
 mod compact;
 mod hash;
+pub mod key_index;
 mod latest_cache;
 mod read;
 mod write;
