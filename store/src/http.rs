@@ -24,7 +24,6 @@ use axum::routing::get;
 use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 
-use crate::engine::cf;
 use crate::limits::{HEALTH_READ_TIMEOUT, HTTP_REQUEST_TIMEOUT};
 use crate::metrics::{GrpcMethod, Metrics, Scrape};
 use crate::node::Node;
@@ -79,12 +78,8 @@ impl Member for Node {
             (m.current_leader, m.local_committed.map_or(0, |l| l.index), m.last_applied.map_or(0, |l| l.index))
         };
         let engine = &self.shared.engine;
-        let keys = engine
-            .db()
-            .property_int_value_cf(engine.cf(cf::KV_LATEST), "rocksdb.estimate-num-keys")
-            .ok()
-            .flatten()
-            .unwrap_or(0);
+        // etcd's keys_total counts its key index, deleted keys not yet compacted included.
+        let keys = engine.index().len() as u64;
         Scrape {
             has_leader: self.has_leader(),
             is_leader: leader == Some(self.member_id),

@@ -5,7 +5,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options};
+
+use crate::mvcc::key_index::KeyIndex;
 
 /// Column family names. The layout is documented in ARCHITECTURE.md.
 pub mod cf {
@@ -21,6 +25,8 @@ pub mod cf {
     pub const KV_HISTORY: &str = "kv_history";
     /// Revision log: revision ‖ sub → user key (watch replay, compaction).
     pub const KV_REVS: &str = "kv_revs";
+    /// Every change (layout v2): revision ‖ sub → key, metadata and value.
+    pub const KV_CHANGES: &str = "kv_changes";
     /// Leases: big-endian lease id → encoded lease.
     pub const LEASE: &str = "lease";
     /// Lease attachments: lease id ‖ user key → empty.
@@ -33,11 +39,12 @@ pub mod cf {
     pub const MEMBERS: &str = "members";
 
     /// Every column family, in creation order.
-    pub const ALL: [&str; 10] =
-        [RAFT_LOG, RAFT_META, SM_META, KV_LATEST, KV_HISTORY, KV_REVS, LEASE, LEASE_KEYS, DEDUP, MEMBERS];
+    pub const ALL: [&str; 11] =
+        [RAFT_LOG, RAFT_META, SM_META, KV_LATEST, KV_HISTORY, KV_REVS, LEASE, LEASE_KEYS, DEDUP, MEMBERS, KV_CHANGES];
 
     /// The state machine's column families: what a snapshot holds and an install replaces.
-    pub const STATE_MACHINE: [&str; 8] = [SM_META, KV_LATEST, KV_HISTORY, KV_REVS, LEASE, LEASE_KEYS, DEDUP, MEMBERS];
+    pub const STATE_MACHINE: [&str; 9] =
+        [SM_META, KV_LATEST, KV_HISTORY, KV_REVS, LEASE, LEASE_KEYS, DEDUP, MEMBERS, KV_CHANGES];
 }
 
 /// The errors opening or using the engine can produce.
@@ -74,17 +81,11 @@ const WRITE_BUFFERS_TOTAL_BYTES: usize = 128 << 20;
 /// positives).
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
 
-/// Column families read by exact key: a key's latest record, leases, metadata. Every write looks
-/// one up that usually does not exist (a new key); a bloom filter answers such a miss without
-/// reading an SST's index and data blocks. (`dedup` is only read for an id known to be there.)
-const POINT_LOOKUP: [&str; 5] = [cf::KV_LATEST, cf::LEASE, cf::SM_META, cf::RAFT_META, cf::MEMBERS];
-/// The column family every write probes (its key's latest record), where the probe usually
-/// misses: a memtable bloom filter answers such a miss without walking the memtable's skiplist,
-/// which was a tenth of a member's CPU under a put load. It is allocated with every memtable
-/// (this ratio of the write buffer), so only this one gets one: +38 MiB of RSS per member when
-/// all six point-lookup families had one.
-const MEMTABLE_BLOOM: [&str; 1] = [cf::KV_LATEST];
-const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
+/// Column families read by exact key whose lookups may miss: leases, metadata. A bloom filter
+/// answers a miss without reading an SST's index and data blocks. (`kv_changes` is only read
+/// for a revision the key index names, `dedup` for an id known to be there.) The first layout's
+/// `kv_latest`, probed by every write, also had a memtable bloom filter; nothing probes one now.
+const POINT_LOOKUP: [&str; 4] = [cf::LEASE, cf::SM_META, cf::RAFT_META, cf::MEMBERS];
 
 fn cf_options(name: &str, cache: &rocksdb::Cache) -> Options {
     let mut o = Options::default();
@@ -95,20 +96,19 @@ fn cf_options(name: &str, cache: &rocksdb::Cache) -> Options {
         table.set_whole_key_filtering(true);
     }
     o.set_block_based_table_factory(&table);
-    if MEMTABLE_BLOOM.contains(&name) {
-        o.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
-        o.set_memtable_whole_key_filtering(true);
-    }
-    if name == cf::KV_HISTORY || name == cf::KV_REVS || name == cf::RAFT_LOG {
+    if [cf::KV_HISTORY, cf::KV_REVS, cf::KV_CHANGES, cf::RAFT_LOG].contains(&name) {
         o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     }
     o
 }
 
-/// A shared handle to the database.
+/// A shared handle to the database and the key index of its MVCC records.
 #[derive(Clone)]
 pub struct Engine {
     db: Arc<DB>,
+    /// Which revisions of which keys `kv_changes` holds; empty until the state machine loads it
+    /// (`mvcc::load_index`), and in a checkpoint opened to be dumped.
+    index: Arc<RwLock<KeyIndex>>,
 }
 
 impl Engine {
@@ -127,7 +127,7 @@ impl Engine {
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = cf::ALL.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self { db: Arc::new(db), index: Arc::default() })
     }
 
     /// Opens the state-machine column families of a checkpoint (see [`Engine::checkpoint`])
@@ -137,7 +137,7 @@ impl Engine {
         let cache = rocksdb::Cache::new_lru_cache(CHECKPOINT_BLOCK_CACHE_BYTES);
         let cfs = cf::STATE_MACHINE.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
         let db = DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self { db: Arc::new(db), index: Arc::default() })
     }
 
     /// Writes a consistent copy of the whole database into `dir` (which must not exist): the
@@ -151,6 +151,17 @@ impl Engine {
     /// The raw database.
     pub fn db(&self) -> &DB {
         &self.db
+    }
+
+    /// The key index, for reading. A panic while it was written leaves the member stopping
+    /// anyway (apply failed), so a poisoned lock is not an error of its own.
+    pub fn index(&self) -> RwLockReadGuard<'_, KeyIndex> {
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The key index, for apply (its only writer) and reloads.
+    pub fn index_mut(&self) -> RwLockWriteGuard<'_, KeyIndex> {
+        self.index.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A column family handle; the names are fixed at open, so a miss is a bug.

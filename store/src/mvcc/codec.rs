@@ -1,22 +1,17 @@
 //! The on-disk encoding of MVCC records and keys. This is a compatibility
 //! contract: the golden tests at the bottom fail on any change of layout.
 //!
+//! - `kv_changes`: `be(revision) ‖ be(sub)` → [`ChangeView`]: every change,
+//!   put or tombstone, keyed by its revision, found through the in-memory key
+//!   index (`key_index`). A put appends in the column family's key order.
+//! - `lease_keys`: `be(lease) ‖ key` → empty.
+//!
+//! The first layout, still read to convert a store (`upgrade`):
 //! - `kv_latest`: user key → [`Record`] of the live version (only there).
 //! - `kv_history`: `escape(key) ‖ 00 01 ‖ be(!mod_revision)` → [`Record`] of
-//!   every superseded version and every tombstone; the escaping keeps user-key
-//!   order, the inverted revision puts the newest version first so "newest
-//!   version ≤ R" is a single seek. A version enters it when a later revision
-//!   replaces or deletes it, so creating a key writes no history. (Stores
-//!   written before this rule also hold a copy of the live version here:
-//!   identical bytes, ignored wherever `kv_latest` answers.)
-//! - `kv_revs`: `be(revision) ‖ be(sub)` → user key, the revision-ordered log
-//!   that watch replay and compaction walk.
-//!
-//! Layout v2 (in progress, not written yet; see ARCHITECTURE.md):
-//! - `kv_changes`: `be(revision) ‖ be(sub)` → [`ChangeView`]: every change,
-//!   put or tombstone, keyed by its revision, found through the in-memory
-//!   key index (`key_index`). A put appends in key order of the column family,
-//!   which is what makes it cheap.
+//!   every superseded version and every tombstone (stores written before
+//!   live versions left it also hold a copy of the live version: identical).
+//! - `kv_revs`: `be(revision) ‖ be(sub)` → user key, the revision-ordered log.
 
 use bytes::Bytes;
 

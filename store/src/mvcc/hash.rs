@@ -3,90 +3,45 @@
 //! progress, so members can be compared for divergence.
 
 use super::codec;
+use super::key_index::Revision;
 use super::read::ReadView;
-use crate::engine::{EngineError, cf};
-
-/// Hashes one key's versions, fed newest first.
-struct KeyHasher<'h> {
-    hasher: &'h mut crc32fast::Hasher,
-    rev: i64,
-    compacted: i64,
-    done: bool,
-}
-
-impl KeyHasher<'_> {
-    /// Feeds the version at `n`: `history_key` is its `kv_history` key (also for a live
-    /// version, so the hash does not depend on where a version is stored).
-    fn feed(&mut self, history_key: &[u8], n: i64, raw: &[u8]) -> Result<(), EngineError> {
-        if n > self.rev || self.done {
-            return Ok(());
-        }
-        if n > self.compacted {
-            self.hasher.update(history_key);
-            self.hasher.update(raw);
-            return Ok(());
-        }
-        // The newest version at or below the compaction revision survives compaction unless it
-        // is a tombstone.
-        if !codec::Record::decode(raw)?.tombstone {
-            self.hasher.update(history_key);
-            self.hasher.update(raw);
-        }
-        self.done = true;
-        Ok(())
-    }
-}
+use crate::engine::cf;
+use crate::error::StoreError;
 
 impl ReadView<'_> {
-    /// The hash of every version visible at or after the compaction revision
-    /// with mod revision ≤ `rev`: per key in key order, its versions newest
-    /// first. The live version comes from `kv_latest`, older ones and
-    /// tombstones from `kv_history`.
-    pub fn hash_kv(&self, rev: i64) -> Result<u32, EngineError> {
+    /// The hash of every record a read at or after the compaction revision can see with mod
+    /// revision ≤ `rev`, in revision order: each record's `kv_changes` key and value. Records
+    /// at or below the compaction count only if the compaction keeps them (etcd's `keep`), so
+    /// records a member has not physically removed yet do not change its hash.
+    pub fn hash_kv(&self, rev: i64) -> Result<u32, StoreError> {
+        let kept = {
+            let index = self.engine().index();
+            if index.compacted() > self.compacted {
+                return Err(StoreError::Compacted);
+            }
+            index.keep(self.compacted)
+        };
         let mut hasher = crc32fast::Hasher::new();
-        let mut latest = self.raw_iter(cf::KV_LATEST);
-        latest.seek_to_first();
-        let mut hist = self.raw_iter(cf::KV_HISTORY);
-        hist.seek_to_first();
-        loop {
-            let hist_key = match hist.key() {
-                Some(raw) => Some(codec::decode_history_key(raw)?.0),
-                None => None,
-            };
-            let live_key = latest.key().map(<[u8]>::to_vec);
-            let user_key = match (live_key, hist_key) {
-                (None, None) => break,
-                (Some(l), Some(h)) => l.min(h),
-                (Some(k), None) | (None, Some(k)) => k,
-            };
-            let mut key = KeyHasher { hasher: &mut hasher, rev, compacted: self.compacted, done: false };
-            let mut live_rev = None;
-            if latest.key() == Some(&user_key[..]) {
-                let raw = latest.value().expect("valid iterator");
-                let n = codec::record_mod_revision(raw)?;
-                key.feed(&codec::history_key(&user_key, n), n, raw)?;
-                live_rev = Some(n);
-                latest.next();
+        let mut it = self.raw_iter(cf::KV_CHANGES);
+        it.seek_to_first();
+        let upper = codec::revs_key(rev.saturating_add(1), 0);
+        while let (Some(raw_key), Some(raw)) = (it.key(), it.value()) {
+            if raw_key >= &upper[..] {
+                break;
             }
-            while let Some(raw_key) = hist.key() {
-                let (k, n) = codec::decode_history_key(raw_key)?;
-                if k != user_key {
-                    break;
-                }
-                // A store written before live versions left history holds a copy of the live one.
-                if live_rev != Some(n) {
-                    key.feed(raw_key, n, hist.value().expect("valid iterator"))?;
-                }
-                hist.next();
+            let (revision, sub) = codec::decode_revs_key(raw_key)?;
+            if revision > self.compacted || kept.contains(&Revision::new(revision, sub)) {
+                hasher.update(raw_key);
+                hasher.update(raw);
             }
+            it.next();
         }
-        latest.status()?;
-        hist.status()?;
+        it.status().map_err(crate::engine::EngineError::from)?;
         Ok(hasher.finalize())
     }
 }
 
 /// HashKV of the store at `rev` (current when ≤ 0).
-pub fn hash_kv(view: &ReadView<'_>, rev: i64) -> Result<u32, EngineError> {
+pub fn hash_kv(view: &ReadView<'_>, rev: i64) -> Result<u32, StoreError> {
     view.hash_kv(if rev <= 0 { view.current } else { rev })
 }

@@ -2,12 +2,13 @@
 //! generations of revisions, so that reads, puts and compaction find which
 //! revision of a key to use without touching RocksDB.
 //!
-//! This is the first half of the revision-keyed layout (`kv_changes`, one
-//! record per revision) that replaces the key-ordered `kv_latest` /
-//! `kv_history` pair: with it, a put is one in-order memtable insert plus
-//! this index's update instead of two random-order inserts (bench/BOUNDS.md
-//! measured those at 23 % of the members' CPU at put-1000). It is not wired
-//! into the store yet; see ARCHITECTURE.md, "On-disk format v2 (in progress)".
+//! Apply updates it from each batch's events just before writing the batch
+//! (`mvcc::index_changes`); a reader takes its RocksDB snapshot first and
+//! reads the index second, so the records the index names are in the
+//! snapshot. With it a put is one in-order memtable insert into `kv_changes`
+//! instead of two random-order inserts into the key-ordered layout it
+//! replaced (bench/BOUNDS.md measured those at 23 % of the members' CPU at
+//! put-1000).
 //!
 //! A key's history is a list of generations. A generation starts with the put
 //! that creates the key and ends with the tombstone that deletes it; the last

@@ -1,12 +1,13 @@
 //! The live version of recently written keys, in memory, so that a put finds the version it
-//! replaces without a RocksDB read. Once the state machine's column families have been flushed
-//! (every snapshot), that read goes to SST files: on an aged store it was 8–12 % of a member's
-//! CPU under overwrites. RocksDB's own row cache cannot be used: it refuses range deletes.
+//! replaces (its value and lease, for `prev_kv`, `ignore_value` and the watch event) without a
+//! RocksDB read. Once the state machine's column families have been flushed (every snapshot),
+//! that read goes to SST files: on an aged store it was 8–12 % of a member's CPU under
+//! overwrites. RocksDB's own row cache cannot be used: it refuses range deletes.
 //!
-//! Apply is the only writer of `kv_latest`, and every change it makes is an event. The state
-//! machine feeds each written batch's events in here ([`LatestCache::apply_events`]), so an
-//! entry always equals the key's `kv_latest` record as of the last written batch; a missing
-//! entry only means "ask RocksDB". A snapshot install replaces `kv_latest` and clears the cache.
+//! Apply is the only writer, and every change it makes is an event. The state machine feeds
+//! each written batch's events in here ([`LatestCache::apply_events`]), so an entry always
+//! equals the key's live version as of the last written batch; a missing entry only means "ask
+//! the key index and `kv_changes`". A snapshot install replaces the store and clears the cache.
 
 use std::collections::HashMap;
 
@@ -59,7 +60,7 @@ impl LatestCache {
         }
     }
 
-    /// Forgets everything (`kv_latest` was replaced).
+    /// Forgets everything (the store was replaced).
     pub fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;

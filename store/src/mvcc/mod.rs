@@ -2,7 +2,9 @@
 //! reads at any retained revision, and compaction.
 //!
 //! Apply is the only writer ([`WriteTxn`]); readers take a RocksDB snapshot
-//! ([`ReadView`]) so a read sees exactly one revision, never half a txn.
+//! ([`ReadView`]) so a read sees exactly one revision, never half a txn. The
+//! in-memory [`key_index::KeyIndex`] says which revision of a key a read at a
+//! revision sees; the records live in `kv_changes`, keyed by revision.
 
 pub mod codec;
 mod compact;
@@ -10,6 +12,7 @@ mod hash;
 pub mod key_index;
 mod latest_cache;
 mod read;
+mod upgrade;
 mod write;
 
 pub use codec::Record;
@@ -17,6 +20,7 @@ pub use compact::{Compactor, check_compact};
 pub use hash::hash_kv;
 pub use latest_cache::LatestCache;
 pub use read::{RangeQuery, RangeResult, ReadView, SortOrder, SortTarget};
+pub use upgrade::upgrade_if_needed;
 pub(crate) use write::lease_keys;
 pub use write::{Overlay, WriteTxn, stage_revision};
 
@@ -115,6 +119,53 @@ pub fn load_revisions(engine: &Engine) -> Result<(i64, i64), EngineError> {
     let current = read_meta_i64(engine, META_REVISION)?.max(INITIAL_REVISION);
     let compacted = read_meta_i64(engine, META_COMPACT_REVISION)?;
     Ok((current, compacted))
+}
+
+/// Records the changes of a batch about to be written in the key index. Called before the
+/// write: a reader takes its snapshot first and reads the index second, so the index may be
+/// ahead of a snapshot (reads at the snapshot's revision ignore newer revisions) but never
+/// behind it. `events` are in order; a change's `sub` is its place within its revision, as
+/// [`WriteTxn`] numbered its record.
+pub fn index_changes(engine: &Engine, events: &[Event]) {
+    if events.is_empty() {
+        return;
+    }
+    let mut index = engine.index_mut();
+    let (mut revision, mut sub) = (0, 0u32);
+    for event in events {
+        if event.kv.mod_revision != revision {
+            (revision, sub) = (event.kv.mod_revision, 0);
+        }
+        let at = key_index::Revision::new(revision, sub);
+        match event.kind {
+            EventKind::Put => {
+                let outcome = index.put(&event.kv.key, at, event.kv.lease);
+                debug_assert_eq!(outcome.version, event.kv.version, "the index and the txn agree on versions");
+            }
+            EventKind::Delete => {
+                index.tombstone(&event.kv.key, at);
+            }
+        }
+        sub += 1;
+    }
+}
+
+/// Rebuilds the key index from `kv_changes` (at start and after a snapshot install), then
+/// applies the stored compaction to it: records a crash left before the physical compaction
+/// finished are dropped from it again.
+pub fn load_index(engine: &Engine) -> Result<(), EngineError> {
+    let mut index = key_index::KeyIndex::new();
+    let mut it = engine.db().raw_iterator_cf(engine.cf(cf::KV_CHANGES));
+    it.seek_to_first();
+    while let (Some(raw_key), Some(raw)) = (it.key(), it.value()) {
+        let (revision, sub) = codec::decode_revs_key(raw_key)?;
+        index.restore(key_index::Revision::new(revision, sub), &codec::ChangeView::parse(raw)?);
+        it.next();
+    }
+    it.status()?;
+    index.compact(read_meta_i64(engine, META_COMPACT_REVISION)?);
+    *engine.index_mut() = index;
+    Ok(())
 }
 
 /// Key-range helpers with etcd's conventions for `range_end`.

@@ -1,12 +1,15 @@
-//! Reads: a consistent view of one revision, ranges at the current revision
-//! from `kv_latest` and at older revisions from `kv_history`, one seek per key.
+//! Reads: a consistent view of one revision. The key index says which
+//! revision of each key a read at a revision sees; its records are then
+//! fetched from `kv_changes` by revision, in batches.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use bytes::Bytes;
-use rocksdb::{Direction, IteratorMode, ReadOptions, Snapshot};
+use rocksdb::{ReadOptions, Snapshot};
 
-use super::codec::{self, Record};
+use super::codec;
+use super::key_index::Found;
 use super::{KeyValue, META_COMPACT_REVISION, META_REVISION, decode_i64, range};
 use crate::engine::{Engine, EngineError, cf};
 use crate::error::StoreError;
@@ -135,9 +138,14 @@ pub struct RangeResult {
     pub more: bool,
 }
 
-/// A scan callback: gets each live key with its encoded record, returns
-/// whether to go on.
-pub(crate) type Visit<'v> = dyn FnMut(Bytes, &[u8]) -> Result<bool, EngineError> + 'v;
+/// Records fetched from RocksDB in one `multi_get`.
+const FETCH_BATCH_RECORDS: usize = 256;
+
+/// The keys a read sees with what the index knows of them, and how many keys there are in all.
+type Located = (Vec<(Bytes, Found)>, i64);
+
+/// The index was compacted past the revision asked for.
+struct BelowCompaction;
 
 /// A consistent read view at one revision.
 pub struct ReadView<'a> {
@@ -171,6 +179,11 @@ impl<'a> ReadView<'a> {
         ReadView { engine, snapshot: None, current, compacted }
     }
 
+    /// The engine the view reads.
+    pub(crate) fn engine(&self) -> &'a Engine {
+        self.engine
+    }
+
     fn read_opts(&self) -> ReadOptions {
         let mut o = ReadOptions::default();
         if let Some(s) = &self.snapshot {
@@ -198,112 +211,80 @@ impl<'a> ReadView<'a> {
         Ok(rev)
     }
 
-    /// The live version of `key`.
-    pub fn get_latest(&self, key: &[u8]) -> Result<Option<Record>, EngineError> {
-        self.raw_latest(key)?.map(|raw| Record::decode(&raw)).transpose()
+    /// The live version of `key` at the view's revision.
+    pub fn get_latest(&self, key: &[u8]) -> Result<Option<KeyValue>, EngineError> {
+        let Ok((located, _)) = self.locate(key, &[], self.current, 1) else {
+            let detail = format!("compacted past the current revision {}", self.current);
+            return Err(EngineError::Corrupt { what: "key index", detail });
+        };
+        Ok(self.fetch(&located)?.pop())
     }
 
-    fn raw_latest(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        Ok(self.engine.db().get_cf_opt(self.engine.cf(cf::KV_LATEST), key, &self.read_opts())?)
+    /// The live version of `key` at revision `rev` (None when it did not exist or was deleted).
+    pub fn get_at(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>, StoreError> {
+        let (located, _) = self.locate(key, &[], rev, 1).map_err(|BelowCompaction| StoreError::Compacted)?;
+        Ok(self.fetch(&located)?.pop())
     }
 
-    /// The newest version of `key` at or below `rev`, tombstones included.
-    pub fn get_at(&self, key: &[u8], rev: i64) -> Result<Option<Record>, EngineError> {
-        self.raw_at(key, rev)?.map(|raw| Record::decode(&raw)).transpose()
-    }
-
-    fn raw_at(&self, key: &[u8], rev: i64) -> Result<Option<Box<[u8]>>, EngineError> {
-        // The live version is only in kv_latest and is newer than all of the key's history.
-        if let Some(raw) = self.raw_latest(key)?
-            && codec::record_mod_revision(&raw)? <= rev
-        {
-            return Ok(Some(raw.into_boxed_slice()));
-        }
-        let start = codec::history_key(key, rev);
-        let mode = IteratorMode::From(&start, Direction::Forward);
-        let mut it = self.engine.db().iterator_cf_opt(self.engine.cf(cf::KV_HISTORY), self.read_opts(), mode);
-        match it.next().transpose()? {
-            Some((k, v)) if codec::decode_history_key(&k)?.0 == key => Ok(Some(v)),
-            _ => Ok(None),
+    /// The live version of `key` just before revision `rev`, or None when it did not exist,
+    /// was deleted, or that revision is compacted (etcd then sends a watch event without
+    /// `prev_kv`).
+    pub fn live_before(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>, EngineError> {
+        match self.locate(key, &[], rev - 1, 1) {
+            Ok((located, _)) => Ok(self.fetch(&located)?.pop()),
+            Err(BelowCompaction) => Ok(None),
         }
     }
 
-    /// Calls `visit` with each live key in `[key, end)` at `rev` in key order
-    /// until it returns false.
-    pub(crate) fn scan(&self, key: &[u8], end: &[u8], rev: i64, visit: &mut Visit<'_>) -> Result<(), EngineError> {
+    /// The first `want` keys of `[key, end)` live at `rev`, with what the index knows of them,
+    /// and how many there are in all. The index is read under one lock hold after the
+    /// view's snapshot was taken, so every record it names is in the snapshot unless the
+    /// compaction passed `rev`.
+    fn locate(&self, key: &[u8], end: &[u8], rev: i64, want: usize) -> Result<Located, BelowCompaction> {
+        let index = self.engine.index();
+        if rev < index.compacted() {
+            return Err(BelowCompaction);
+        }
         if end.is_empty() {
-            let raw = if rev == self.current {
-                self.raw_latest(key)?.map(Vec::into_boxed_slice)
-            } else {
-                self.raw_at(key, rev)?
-            };
-            if let Some(raw) = raw.filter(|raw| !codec::is_tombstone(raw)) {
-                visit(Bytes::copy_from_slice(key), &raw)?;
-            }
-            return Ok(());
+            let found = index.get(key, rev).map(|f| (Bytes::copy_from_slice(key), f));
+            let count = i64::from(found.is_some());
+            return Ok((found.into_iter().take(want).collect(), count));
         }
-        if rev == self.current { self.scan_latest(key, end, visit) } else { self.scan_history(key, end, rev, visit) }
+        let upper = if end == [0] { Bound::Unbounded } else { Bound::Excluded(end) };
+        let mut located = Vec::new();
+        let mut count = 0i64;
+        for (k, found) in index.range(Bound::Included(key), upper, rev) {
+            if located.len() < want {
+                located.push((k.clone(), found));
+            }
+            count += 1;
+        }
+        Ok((located, count))
     }
 
-    fn scan_latest(&self, key: &[u8], end: &[u8], visit: &mut Visit<'_>) -> Result<(), EngineError> {
-        let mut opts = self.read_opts();
-        if let Some(upper) = range::upper_bound(key, end) {
-            opts.set_iterate_upper_bound(upper);
-        }
-        let mode = IteratorMode::From(key, Direction::Forward);
-        for item in self.engine.db().iterator_cf_opt(self.engine.cf(cf::KV_LATEST), opts, mode) {
-            let (k, v) = item?;
-            if !visit(Bytes::copy_from_slice(&k), &v)? {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// A scan at an older revision: the union of `kv_latest` (live versions, used when they are
-    /// old enough) and `kv_history` (superseded versions and tombstones), merged in key order.
-    fn scan_history(&self, key: &[u8], end: &[u8], rev: i64, visit: &mut Visit<'_>) -> Result<(), EngineError> {
-        let mut latest_opts = self.read_opts();
-        if let Some(upper) = range::upper_bound(key, end) {
-            latest_opts.set_iterate_upper_bound(upper);
-        }
-        let mut latest = self.engine.db().raw_iterator_cf_opt(self.engine.cf(cf::KV_LATEST), latest_opts);
-        latest.seek(key);
-        let mut hist = self.raw_iter(cf::KV_HISTORY);
-        hist.seek(codec::history_key(key, rev));
-        loop {
-            let live_key = latest.key().map(<[u8]>::to_vec);
-            let hist_key = history_user_key(&hist)?.filter(|k| range::contains(key, end, k));
-            let user_key = match (live_key.as_deref(), hist_key.as_deref()) {
-                (None, None) => break,
-                (Some(l), Some(h)) => l.min(h).to_vec(),
-                (Some(k), None) | (None, Some(k)) => k.to_vec(),
-            };
-            let live = live_key.as_deref() == Some(&user_key[..]);
-            let go_on = if live && codec::record_mod_revision(latest.value().expect("valid iterator"))? <= rev {
-                visit(Bytes::from(user_key.clone()), latest.value().expect("valid iterator"))?
-            } else {
-                hist.seek(codec::history_key(&user_key, rev));
-                match history_user_key(&hist)? {
-                    Some(k) if k == user_key && !codec::is_tombstone(hist.value().expect("valid iterator")) => {
-                        visit(Bytes::from(user_key.clone()), hist.value().expect("valid iterator"))?
-                    }
-                    _ => true,
+    /// Reads the records the index named, in its order.
+    fn fetch(&self, located: &[(Bytes, Found)]) -> Result<Vec<KeyValue>, EngineError> {
+        let changes = self.engine.cf(cf::KV_CHANGES);
+        let opts = self.read_opts();
+        let mut kvs = Vec::with_capacity(located.len());
+        for chunk in located.chunks(FETCH_BATCH_RECORDS) {
+            let keys: Vec<[u8; 12]> =
+                chunk.iter().map(|(_, f)| codec::revs_key(f.modified.main, f.modified.sub)).collect();
+            let raws = self.engine.db().batched_multi_get_cf_opt(changes, &keys, false, &opts);
+            for ((key, found), raw) in chunk.iter().zip(raws) {
+                let missing = || EngineError::Corrupt {
+                    what: "key index",
+                    detail: format!("no live record of {key:?} at revision {:?}", found.modified),
+                };
+                let raw = raw?.ok_or_else(missing)?;
+                let change = codec::ChangeView::parse(&raw)?;
+                if change.key != &key[..] || change.tombstone {
+                    return Err(missing());
                 }
-            };
-            if !go_on {
-                return Ok(());
-            }
-            if live {
-                latest.next();
-            }
-            if history_user_key(&hist)?.as_deref() == Some(&user_key[..]) {
-                hist.seek(codec::history_key_after_all(&user_key));
+                kvs.push(KeyValue::from_record(key.clone(), change.to_record(found.modified.main)));
             }
         }
-        latest.status()?;
-        hist.status()?;
-        Ok(())
+        Ok(kvs)
     }
 
     /// An etcd Range: revision checks, filters, sort, limit and count.
@@ -320,22 +301,16 @@ impl<'a> ReadView<'a> {
         let rev = self.resolve_revision(q.revision)?;
         let touched = rev == self.current && overlay.keys().any(|k| range::contains(&q.key, &q.range_end, k));
         let collect_all = touched || q.has_filters() || q.effective_order() != SortOrder::None;
-        let want = if q.count_only {
+        let want = if q.count_only && !touched {
             0
         } else if q.limit > 0 && !collect_all {
             q.limit as usize + 1
         } else {
             usize::MAX
         };
-        let mut kvs: Vec<KeyValue> = Vec::new();
-        let mut count: i64 = 0;
-        self.scan(&q.key, &q.range_end, rev, &mut |k, raw| {
-            count += 1;
-            if kvs.len() < want || collect_all {
-                kvs.push(KeyValue::from_record(k, Record::decode(raw)?));
-            }
-            Ok(true)
-        })?;
+        let (located, mut count) =
+            self.locate(&q.key, &q.range_end, rev, want).map_err(|BelowCompaction| StoreError::Compacted)?;
+        let mut kvs = self.fetch(&located)?;
         if touched {
             let mut merged: BTreeMap<Bytes, KeyValue> = kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
             for (k, v) in overlay.iter().filter(|(k, _)| range::contains(&q.key, &q.range_end, k)) {
@@ -348,17 +323,6 @@ impl<'a> ReadView<'a> {
             kvs = merged.into_values().collect();
         }
         Ok(finish(kvs, count, q))
-    }
-}
-
-/// The user key at a `kv_history` iterator's position, `None` past the end.
-fn history_user_key(it: &rocksdb::DBRawIterator<'_>) -> Result<Option<Vec<u8>>, EngineError> {
-    match it.key() {
-        Some(raw) => Ok(Some(codec::decode_history_key(raw)?.0)),
-        None => {
-            it.status()?;
-            Ok(None)
-        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The write side of one revision: puts and deletes of one etcd txn staged in
-//! a RocksDB batch plus an overlay that later ops of the same txn read.
+//! a RocksDB batch plus an overlay that later ops of the same txn read (and
+//! later txns of the same batch: the key index only learns of a batch's
+//! changes when it is written).
 
 use std::collections::BTreeMap;
 
@@ -25,7 +27,7 @@ pub struct WriteTxn<'a> {
     batch: WriteBatch,
     overlay: Overlay,
     events: Vec<Event>,
-    /// Live versions as of the last written batch, consulted before `kv_latest`.
+    /// Live versions as of the last written batch, consulted before the key index.
     cache: Option<&'a LatestCache>,
 }
 
@@ -51,7 +53,7 @@ impl<'a> WriteTxn<'a> {
         }
     }
 
-    /// Looks keys up in `cache` before `kv_latest`; it must hold the state the database has
+    /// Looks keys up in `cache` before the key index; it must hold the state the database has
     /// (what apply wrote up to the batch this txn builds on).
     pub fn with_cache(self, cache: &'a LatestCache) -> Self {
         WriteTxn { cache: Some(cache), ..self }
@@ -80,7 +82,7 @@ impl<'a> WriteTxn<'a> {
         if let Some(kv) = self.cache.and_then(|c| c.get(key)) {
             return Ok(Some(kv.clone()));
         }
-        Ok(self.view.get_latest(key)?.map(|r| KeyValue::from_record(Bytes::copy_from_slice(key), r)))
+        self.view.get_latest(key)
     }
 
     /// A range that sees this txn's earlier changes.
@@ -115,11 +117,7 @@ impl<'a> WriteTxn<'a> {
             value: value.unwrap_or_else(|| prev.as_ref().map(|p| p.value.clone()).unwrap_or_default()),
             lease: lease.unwrap_or_else(|| prev.as_ref().map_or(0, |p| p.lease)),
         };
-        self.batch.put_cf(self.engine.cf(cf::KV_LATEST), &key, kv.to_record().encode());
-        if let Some(p) = &prev {
-            self.retire(p);
-        }
-        self.log_change(&key);
+        self.write_change(&key, &kv.to_record());
         let lease_cf = self.engine.cf(cf::LEASE_KEYS);
         if let Some(p) = prev.as_ref().filter(|p| p.lease != 0 && p.lease != kv.lease) {
             self.batch.delete_cf(lease_cf, codec::lease_key(p.lease, &key));
@@ -150,10 +148,7 @@ impl<'a> WriteTxn<'a> {
             lease: 0,
             value: Bytes::new(),
         };
-        self.batch.delete_cf(self.engine.cf(cf::KV_LATEST), &prev.key);
-        self.retire(prev);
-        self.batch.put_cf(self.engine.cf(cf::KV_HISTORY), codec::history_key(&prev.key, self.revision), tomb.encode());
-        self.log_change(&prev.key);
+        self.write_change(&prev.key, &tomb);
         if prev.lease != 0 {
             self.batch.delete_cf(self.engine.cf(cf::LEASE_KEYS), codec::lease_key(prev.lease, &prev.key));
         }
@@ -162,20 +157,13 @@ impl<'a> WriteTxn<'a> {
         self.events.push(Event { kind: EventKind::Delete, kv, prev_kv: Some(prev.clone()) });
     }
 
-    /// Moves the live version `prev`, superseded by this txn, into history. The live version of
-    /// a key is only in `kv_latest`, so a put that creates a key writes no history at all (one
-    /// random-order insert instead of two). A version this same txn wrote was never visible and
-    /// is not kept.
-    fn retire(&mut self, prev: &KeyValue) {
-        if prev.mod_revision < self.revision {
-            let key = codec::history_key(&prev.key, prev.mod_revision);
-            self.batch.put_cf(self.engine.cf(cf::KV_HISTORY), key, prev.to_record().encode());
-        }
-    }
-
-    fn log_change(&mut self, key: &[u8]) {
+    /// Stages the `kv_changes` record of this txn's next change: an append in the column
+    /// family's key order. The key index learns of it when the batch is written
+    /// ([`super::index_changes`]), from the events, whose order gives the same `sub`.
+    fn write_change(&mut self, key: &[u8], record: &Record) {
         let sub = u32::try_from(self.events.len()).expect("txn changes are bounded by the request size");
-        self.batch.put_cf(self.engine.cf(cf::KV_REVS), codec::revs_key(self.revision, sub), key);
+        let raw = codec::ChangeView::of(key, record).encode();
+        self.batch.put_cf(self.engine.cf(cf::KV_CHANGES), codec::revs_key(self.revision, sub), raw);
     }
 
     /// Adds a raw state-machine write to the same atomic batch.

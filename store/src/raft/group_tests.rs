@@ -54,7 +54,7 @@ fn compare_version(key: &str, version: i64) -> pb::Compare {
 }
 
 fn value(engine: &Engine, key: &str) -> Option<Bytes> {
-    ReadView::snapshot(engine).unwrap().get_latest(key.as_bytes()).unwrap().map(|r| r.value)
+    ReadView::snapshot(engine).unwrap().get_latest(key.as_bytes()).unwrap().map(|kv| kv.value)
 }
 
 #[tokio::test]
@@ -96,8 +96,8 @@ async fn entries_in_one_group_see_each_other_and_are_written_once() {
     assert_eq!(value(&engine, "e").as_deref(), Some(&b"x"[..]));
     let view = ReadView::snapshot(&engine).unwrap();
     assert_eq!((view.current, view.compacted), (7, 3));
-    assert_eq!(view.get_at(b"a", 3).unwrap().map(|r| r.value).as_deref(), Some(&b"1"[..]));
-    assert!(view.get_at(b"a", 5).unwrap().unwrap().tombstone);
+    assert_eq!(view.get_at(b"a", 3).unwrap().map(|kv| kv.value).as_deref(), Some(&b"1"[..]));
+    assert_eq!(view.get_at(b"a", 5).unwrap(), None, "deleted at 5");
 
     let table = dedup::DedupIndex::load(&engine).unwrap();
     let reply = |id| table.lookup(&engine, id).unwrap().expect("recorded");
@@ -137,7 +137,7 @@ async fn a_reopened_state_machine_still_answers_duplicates() {
     assert_eq!(view.current, 4, "revisions 2, 3, 4: one per applied put, none for the retry");
 }
 
-/// A snapshot install replaces `kv_latest` wholesale, so the cache of live versions a put reads
+/// A snapshot install replaces the store wholesale, so the cache of live versions a put reads
 /// first must be emptied with it: a put after the install continues the snapshot's version of a
 /// key, not the one this member had cached before.
 #[tokio::test]

@@ -63,6 +63,8 @@ pub struct Shared {
 impl Shared {
     /// Loads the persisted revisions and leases from `engine`.
     pub fn open(engine: Engine, snapshots: Arc<SnapshotDir>, metrics: Arc<Metrics>) -> Result<Arc<Self>, EngineError> {
+        mvcc::upgrade_if_needed(&engine)?;
+        mvcc::load_index(&engine)?;
         let (current, compacted) = mvcc::load_revisions(&engine)?;
         let lessor = Arc::new(Lessor::default());
         lessor.reset(&apply::load_leases(&engine)?);
@@ -80,6 +82,9 @@ impl Shared {
 
     /// Reloads every in-memory view of the store after a snapshot install.
     fn reload(&self) -> Result<Revisions, EngineError> {
+        // A snapshot from a member of the older layout is converted here.
+        mvcc::upgrade_if_needed(&self.engine)?;
+        mvcc::load_index(&self.engine)?;
         let (current, compacted) = mvcc::load_revisions(&self.engine)?;
         self.lessor.reset(&apply::load_leases(&self.engine)?);
         self.hub.reset(current, compacted);
@@ -239,6 +244,9 @@ impl StateMachine {
         }
         let mut batch = WriteBatch::default();
         batch.put_cf(self.engine().cf(cf::SM_META), mvcc::META_COMPACT_REVISION, revision.to_be_bytes());
+        // Compacted before the batch is written, like every index change: from here on reads
+        // below `revision` fail, and the compactor may drop what they would have read.
+        self.engine().index_mut().compact(revision);
         self.rev.compacted = revision;
         let resp = pb::CompactionResponse { header: header(self.rev.current) };
         (batch, Vec::new(), Applied::Compact(resp))
@@ -289,6 +297,7 @@ impl StateMachine {
     }
 
     fn write_and_publish(&mut self, batch: WriteBatch, events: &[Event]) -> Result<(), EngineError> {
+        mvcc::index_changes(self.engine(), events);
         self.engine().write_unlogged(batch)?;
         self.publish(events);
         Ok(())
@@ -323,6 +332,7 @@ impl StateMachine {
         }
         self.last_applied = Some(entry.log_id);
         batch.put_cf(self.engine().cf(cf::SM_META), META_LAST_APPLIED, codec::encode_log_id(&entry.log_id));
+        mvcc::index_changes(self.engine(), &events);
         let started = std::time::Instant::now();
         self.engine().write_unlogged(batch).map_err(io_err)?;
         self.shared.metrics.observe_backend_commit(started.elapsed());
@@ -391,6 +401,9 @@ impl StateMachine {
             mvcc::stage_revision(self.engine(), &mut group.batch, self.rev.current);
         }
         group.batch.put_cf(self.engine().cf(cf::SM_META), META_LAST_APPLIED, codec::encode_log_id(&last));
+        for events in &group.events {
+            mvcc::index_changes(self.engine(), events);
+        }
         let started = std::time::Instant::now();
         self.engine().write_unlogged(group.batch).map_err(io_err)?;
         self.shared.metrics.observe_backend_commit(started.elapsed());
@@ -591,7 +604,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(io_err)??;
-        // `kv_latest` was replaced wholesale.
+        // The store was replaced wholesale.
         self.latest.clear();
         self.rev = self.shared.reload().map_err(io_err)?;
         self.last_applied = info.last_log_id;

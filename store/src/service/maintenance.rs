@@ -117,14 +117,14 @@ impl Maintenance for Ctx {
 
     async fn hash(&self, _req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
         let view = self.node.read_view(true).await?;
-        let hash = mvcc::hash_kv(&view, 0).map_err(StoreError::from)?;
+        let hash = mvcc::hash_kv(&view, 0)?;
         Ok(Response::new(pb::HashResponse { header: self.node.header(view.current), hash }))
     }
 
     async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
         let view = self.node.read_view(true).await?;
         let rev = view.resolve_revision(req.into_inner().revision)?;
-        let hash = mvcc::hash_kv(&view, rev).map_err(StoreError::from)?;
+        let hash = mvcc::hash_kv(&view, rev)?;
         Ok(Response::new(pb::HashKvResponse {
             header: self.node.header(view.current),
             hash,

@@ -135,12 +135,12 @@ impl Hub {
 /// [`WATCH_CATCHUP_EVENTS_PER_RESPONSE_MAX`] events; returns them and the
 /// last revision covered (the view's revision when history ran out).
 fn read_history(view: &ReadView<'_>, from: i64) -> Result<(Vec<Event>, i64), EngineError> {
-    let mut it = view.raw_iter(cf::KV_REVS);
+    let mut it = view.raw_iter(cf::KV_CHANGES);
     it.seek(codec::revs_key(from, 0));
     let mut events = Vec::new();
     let mut upto = view.current;
-    while it.valid() {
-        let (rev, _) = codec::decode_revs_key(it.key().expect("valid iterator"))?;
+    while let (Some(raw_key), Some(raw)) = (it.key(), it.value()) {
+        let (rev, _) = codec::decode_revs_key(raw_key)?;
         if rev > view.current {
             break;
         }
@@ -150,24 +150,20 @@ fn read_history(view: &ReadView<'_>, from: i64) -> Result<(Vec<Event>, i64), Eng
             upto = rev - 1;
             break;
         }
-        let key = Bytes::copy_from_slice(it.value().expect("valid iterator"));
-        events.push(event_at(view, key, rev)?);
+        events.push(event_at(view, &codec::ChangeView::parse(raw)?, rev)?);
         it.next();
     }
     it.status()?;
     Ok((events, upto))
 }
 
-fn event_at(view: &ReadView<'_>, key: Bytes, rev: i64) -> Result<Event, EngineError> {
-    let rec = view.get_at(&key, rev)?.ok_or_else(|| EngineError::Corrupt {
-        what: "history",
-        detail: format!("revision {rev} lists a key with no version at it"),
-    })?;
-    let prev = view.get_at(&key, rev - 1)?.filter(|r| !r.tombstone).map(|r| KeyValue::from_record(key.clone(), r));
-    if rec.tombstone {
+fn event_at(view: &ReadView<'_>, change: &codec::ChangeView<'_>, rev: i64) -> Result<Event, EngineError> {
+    let key = Bytes::copy_from_slice(change.key);
+    let prev_kv = view.live_before(&key, rev)?;
+    if change.tombstone {
         let kv = KeyValue { key, mod_revision: rev, ..Default::default() };
-        Ok(Event { kind: EventKind::Delete, kv, prev_kv: prev })
+        Ok(Event { kind: EventKind::Delete, kv, prev_kv })
     } else {
-        Ok(Event { kind: EventKind::Put, kv: KeyValue::from_record(key, rec), prev_kv: prev })
+        Ok(Event { kind: EventKind::Put, kv: KeyValue::from_record(key, change.to_record(rev)), prev_kv })
     }
 }

@@ -18,6 +18,7 @@ fn put(engine: &Engine, hub: &Hub, current: &mut i64, key: &str, value: &str) {
     let mut txn = WriteTxn::new(engine, *current, 0);
     txn.put(Bytes::from(key.to_string()), Some(Bytes::from(value.to_string())), Some(0)).unwrap();
     let (batch, rev, events) = txn.finish();
+    crate::mvcc::index_changes(engine, &events);
     engine.db().write(batch).unwrap();
     hub.publish(rev, &events);
     *current = rev;
