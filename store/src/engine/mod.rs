@@ -218,6 +218,17 @@ impl Engine {
     /// replay after a crash would apply the range computed from the live keys to the older
     /// flushed state, which may hold keys outside it.
     pub fn clear_cf(&self, name: &str) -> Result<(), EngineError> {
+        let mut batch = rocksdb::WriteBatch::default();
+        self.stage_clear_cf(name, &mut batch)?;
+        if !batch.is_empty() {
+            self.write_unlogged(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Stages in `batch` the deletion of every key column family `name` holds now, so that
+    /// several families can be emptied in one atomic write.
+    pub fn stage_clear_cf(&self, name: &str, batch: &mut rocksdb::WriteBatch) -> Result<(), EngineError> {
         let cf = self.cf(name);
         let mut it = self.db.raw_iterator_cf(cf);
         it.seek_to_first();
@@ -228,10 +239,8 @@ impl Engine {
         it.seek_to_last();
         let last = it.key().map(<[u8]>::to_vec).unwrap_or_else(|| first.clone());
         it.status()?;
-        let mut batch = rocksdb::WriteBatch::default();
         batch.delete_range_cf(cf, &first, &last);
         batch.delete_cf(cf, &last);
-        self.write_unlogged(batch)?;
         Ok(())
     }
 

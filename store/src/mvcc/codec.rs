@@ -271,14 +271,7 @@ mod tests {
 
     #[test]
     fn record_layout_is_stable() {
-        let r = Record {
-            tombstone: false,
-            create_revision: 2,
-            mod_revision: 5,
-            version: 3,
-            lease: 7,
-            value: Bytes::from_static(b"v"),
-        };
+        let r = sample_record();
         assert_eq!(hex(&r.encode()), "0100000000000000000200000000000000050000000000000003000000000000000776");
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         assert_eq!(record_mod_revision(&r.encode()).unwrap(), 5);
@@ -286,16 +279,21 @@ mod tests {
         assert_eq!(Record::decode(&t.encode()).unwrap(), t);
     }
 
-    #[test]
-    fn change_layout_is_stable() {
-        let r = Record {
+    /// A put of value `v`: created at 2, written at 5, version 3, lease 7.
+    fn sample_record() -> Record {
+        Record {
             tombstone: false,
             create_revision: 2,
             mod_revision: 5,
             version: 3,
             lease: 7,
             value: Bytes::from_static(b"v"),
-        };
+        }
+    }
+
+    #[test]
+    fn change_layout_is_stable() {
+        let r = sample_record();
         let raw = ChangeView::of(b"k\x00", &r).encode();
         assert_eq!(hex(&raw), "0200000000000000000200000000000000030000000000000007000000026b0076");
         let view = ChangeView::parse(&raw).unwrap();

@@ -40,7 +40,7 @@ pub fn upgrade_if_needed(engine: &Engine) -> Result<(), EngineError> {
     engine.flush_all()?;
     let mut clear = WriteBatch::default();
     for name in V1_FAMILIES {
-        delete_everything(engine, name, &mut clear)?;
+        engine.stage_clear_cf(name, &mut clear)?;
     }
     engine.write_unlogged(clear)?;
     engine.flush_all()?;
@@ -72,18 +72,6 @@ fn first_key(engine: &Engine, name: &str) -> Result<Option<Vec<u8>>, EngineError
     let key = it.key().map(<[u8]>::to_vec);
     it.status()?;
     Ok(key)
-}
-
-/// Stages the deletion of every key of `name` (a range delete plus the last key).
-fn delete_everything(engine: &Engine, name: &str, batch: &mut WriteBatch) -> Result<(), EngineError> {
-    let Some(first) = first_key(engine, name)? else { return Ok(()) };
-    let mut it = engine.db().raw_iterator_cf(engine.cf(name));
-    it.seek_to_last();
-    let last = it.key().map(<[u8]>::to_vec).unwrap_or_else(|| first.clone());
-    it.status()?;
-    batch.delete_range_cf(engine.cf(name), &first, &last);
-    batch.delete_cf(engine.cf(name), &last);
-    Ok(())
 }
 
 #[cfg(test)]
