@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{TestServer, expect_grpc_error, is_etcd, next_watch, skip_on_etcd, within};
+use common::{TestServer, expect_grpc_error, free_port, is_etcd, next_watch, skip_on_etcd, within};
 use etcd_client::{GetOptions, WatchStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -98,11 +98,6 @@ fn sum_where(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// A server with one `--listen-metrics-urls` listener; returns it with that listener's address.

@@ -2,7 +2,6 @@
 //! /usr/bin/etcd) on ephemeral ports, with tiny totals, and checks the reports and the data
 //! they claim to have written. Skipped, with a message, where etcd is not installed.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ struct Etcd {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    jepsen::ports::free_port().expect("a free loopback port")
 }
 
 impl Etcd {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
 use crate::client;
+use crate::ports::free_port;
 use crate::proxy::{Dir, Proxy};
 
 /// Where Debian's `libfaketime` package puts the preload library.
@@ -414,9 +415,4 @@ fn signal(pid: u32, sig: libc::c_int) -> Result<()> {
     let rc = unsafe { libc::kill(pid, sig) };
     ensure!(rc == 0, "kill({pid}, {sig}) failed: {}", std::io::Error::last_os_error());
     Ok(())
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }

@@ -5,6 +5,7 @@ pub mod client;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
+pub mod ports;
 pub mod progress;
 pub mod proxy;
 pub mod report;

@@ -12,13 +12,13 @@
 #![allow(dead_code)] // Each test binary uses a different subset of the helpers.
 
 pub mod cluster;
+pub use jepsen::ports::free_port;
 pub use jepsen::proxy;
 
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -299,11 +299,6 @@ pub fn member_command() -> Command {
         cmd.arg("store");
         cmd
     }
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 fn send_signal(pid: u32, signal: &str) -> Result<()> {
