@@ -10,6 +10,9 @@ use store::config::{StoreConfig, parse_duration, parse_name_urls};
 /// mimalloc instead of glibc's malloc: a put allocates and frees dozens of small buffers
 /// across tokio's worker threads (HTTP/2 frames, protobuf messages, write batches), and
 /// glibc's arenas spent 8.7 % of the members' CPU on it under load (perf, put-100).
+/// Built with `no_thp` (Cargo.toml): mimalloc otherwise asks for transparent huge pages, and
+/// every page it purged and touched again cost a fault zeroing 2 MiB (members' CPU at put-100
+/// 5 % lower without, bench/BOUNDS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

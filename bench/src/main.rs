@@ -9,7 +9,8 @@ use clap::Parser;
 
 /// mimalloc, as the geobuk binary has: the load generator shares the cores with the members it
 /// measures, and with glibc's malloc it spent 16 % more CPU per put (perf stat, put-1000: 24.9 →
-/// 20.8 µs per put).
+/// 20.8 µs per put). Built with `no_thp`: huge-page faults zeroing 2 MiB were 9 % of its
+/// samples, and without them it spends 10 % less CPU per put at put-1000 (bench/BOUNDS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
