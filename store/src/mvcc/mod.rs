@@ -127,10 +127,23 @@ pub fn load_revisions(engine: &Engine) -> Result<(i64, i64), EngineError> {
 /// behind it. `events` are in order; a change's `sub` is its place within its revision, as
 /// [`WriteTxn`] numbered its record.
 pub fn index_changes(engine: &Engine, events: &[Event]) {
-    if events.is_empty() {
-        return;
+    if !events.is_empty() {
+        record_changes(&mut engine.index_mut(), events);
     }
-    let mut index = engine.index_mut();
+}
+
+/// [`index_changes`] for the txns of one apply group, under one hold of the index's write lock
+/// (its release was a fifth of the index update's cost at put-1000, bench/BOUNDS.md).
+pub fn index_group_changes(engine: &Engine, txns: &[Vec<Event>]) {
+    if txns.iter().any(|events| !events.is_empty()) {
+        let mut index = engine.index_mut();
+        for events in txns {
+            record_changes(&mut index, events);
+        }
+    }
+}
+
+fn record_changes(index: &mut key_index::KeyIndex, events: &[Event]) {
     let (mut revision, mut sub) = (0, 0u32);
     for event in events {
         if event.kv.mod_revision != revision {

@@ -401,9 +401,7 @@ impl StateMachine {
             mvcc::stage_revision(self.engine(), &mut group.batch, self.rev.current);
         }
         group.batch.put_cf(self.engine().cf(cf::SM_META), META_LAST_APPLIED, codec::encode_log_id(&last));
-        for events in &group.events {
-            mvcc::index_changes(self.engine(), events);
-        }
+        mvcc::index_group_changes(self.engine(), &group.events);
         let started = std::time::Instant::now();
         self.engine().write_unlogged(group.batch).map_err(io_err)?;
         self.shared.metrics.observe_backend_commit(started.elapsed());
