@@ -4,6 +4,7 @@
 //! one at a time.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::ChangeMembers;
@@ -12,13 +13,13 @@ use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 
 use super::Node;
-use super::forward::{AttemptError, Target};
+use super::forward::{AttemptError, Target, status_error};
 use crate::engine::cf;
 use crate::error::StoreError;
 use crate::proto::etcdserverpb as epb;
 use crate::proto::peerpb::{self as pb, member_change::Change};
 use crate::proto::raftlog;
-use crate::raft::types::{MemberInfo, StoredMembership};
+use crate::raft::types::{MemberInfo, Membership, StoredMembership, TypeConfig};
 
 /// etcd promotes a learner only once it has this share of the leader's log.
 const LEARNER_READY_PERCENT: u64 = 90;
@@ -26,6 +27,15 @@ const LEARNER_READY_PERCENT: u64 = 90;
 const LEARNERS_MAX: usize = 1;
 /// How long MoveLeader waits for the target to take over.
 const MOVE_LEADER_WAIT_ELECTIONS: u32 = 4;
+
+/// How a membership change this member executed as leader ended, as an attempt: a lost
+/// leadership or a timeout is worth another attempt against the (possibly new) leader.
+fn change_error(e: StoreError) -> AttemptError {
+    match e {
+        StoreError::NotLeader | StoreError::Timeout => AttemptError::Retry(e),
+        e => AttemptError::Final(e),
+    }
+}
 
 impl Node {
     /// The attributes member `id` published, if any.
@@ -56,26 +66,31 @@ impl Node {
     }
 
     /// Applies a membership change through the leader; returns the new members.
+    ///
+    /// An attempt that fails because the leader changed, or whose answer is lost, is retried
+    /// against the new leader as a retry: openraft executes a change in steps (a voter is added
+    /// as a learner first, a removal goes through a joint configuration), so the first attempt
+    /// may have done part or all of it, and the retry finishes it instead of refusing it.
     pub async fn change_members(&self, change: Change) -> Result<Vec<epb::Member>, StoreError> {
+        let attempted = AtomicBool::new(false);
         self.with_leader(|target, limit| {
             let change = change.clone();
+            let retry = attempted.swap(true, Ordering::Relaxed);
+            // Adding a voter waits for a quorum that includes it: allow the full request time.
+            let limit = limit.max(self.config.request_timeout());
             async move {
                 match target {
-                    Target::Me => self.change_members_here(change).await.map_err(AttemptError::Final),
+                    Target::Me => match tokio::time::timeout(limit, self.change_members_here(change, retry)).await {
+                        Err(_) => Err(AttemptError::Retry(StoreError::Timeout)),
+                        Ok(result) => result.map_err(change_error),
+                    },
                     Target::Peer(id, info) => {
                         let mut client =
                             self.peers.client(id, &info).map_err(|e| AttemptError::Retry(StoreError::internal(e)))?;
-                        let msg = pb::MemberChange { route: self.peers.route(id), change: Some(change) };
+                        let msg = pb::MemberChange { route: self.peers.route(id), change: Some(change), retry };
                         let mut req = tonic::Request::new(msg);
-                        // Adding a voter waits for a quorum that includes it: allow the full request time.
-                        req.set_timeout(limit.max(self.config.request_timeout()));
-                        match client.change_members(req).await {
-                            Ok(r) => Ok(r.into_inner().members),
-                            Err(s) if s.message() == StoreError::NotLeader.to_string() => {
-                                Err(AttemptError::Retry(StoreError::NotLeader))
-                            }
-                            Err(s) => Err(AttemptError::Final(StoreError::from_message(s.message()))),
-                        }
+                        req.set_timeout(limit);
+                        client.change_members(req).await.map(|r| r.into_inner().members).map_err(status_error)
                     }
                 }
             }
@@ -83,8 +98,13 @@ impl Node {
         .await
     }
 
-    /// Executes a membership change on this member, which must lead.
-    pub(crate) async fn change_members_here(&self, change: Change) -> Result<Vec<epb::Member>, StoreError> {
+    /// Executes a membership change on this member, which must lead. `retry`: an earlier attempt
+    /// of the same change may have been executed (see `change_members`).
+    pub(crate) async fn change_members_here(
+        &self,
+        change: Change,
+        retry: bool,
+    ) -> Result<Vec<epb::Member>, StoreError> {
         let _serial = self.membership_lock.lock().await;
         if self.raft.metrics().borrow_watched().current_leader != Some(self.member_id) {
             return Err(StoreError::NotLeader);
@@ -95,33 +115,13 @@ impl Node {
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let exists = |id: u64| membership.get_node(&id).is_some();
         let result = match change {
-            Change::Add(add) => {
-                if exists(add.id) {
-                    return Err(StoreError::MemberExists);
-                }
-                let taken: BTreeSet<&String> = membership.nodes().flat_map(|(_, i)| i.peer_urls.iter()).collect();
-                if add.peer_urls.iter().any(|u| taken.contains(u)) {
-                    return Err(StoreError::PeerUrlExists);
-                }
-                let learners = membership.nodes().filter(|(id, _)| !voters.contains(id)).count();
-                if add.is_learner && learners >= LEARNERS_MAX {
-                    return Err(StoreError::TooManyLearners);
-                }
-                let info = MemberInfo { name: String::new(), peer_urls: add.peer_urls, client_urls: Vec::new() };
-                let added = self.raft.add_learner(add.id, info, false).await;
-                match added {
-                    Ok(_) if !add.is_learner => {
-                        self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([add.id])), false).await
-                    }
-                    other => other,
-                }
-            }
+            Change::Add(add) => return self.add_member_here(add, &membership, retry).await,
             Change::Promote(id) => {
                 if !exists(id) {
                     return Err(StoreError::MemberNotFound);
                 }
                 if voters.contains(&id) {
-                    return Err(StoreError::MemberNotLearner);
+                    return if retry { Ok(self.members_pb()) } else { Err(StoreError::MemberNotLearner) };
                 }
                 let leader_last = metrics.last_log_index.unwrap_or(0);
                 let matched =
@@ -133,7 +133,7 @@ impl Node {
             }
             Change::Remove(id) => {
                 if !exists(id) {
-                    return Err(StoreError::MemberNotFound);
+                    return if retry { Ok(self.members_pb()) } else { Err(StoreError::MemberNotFound) };
                 }
                 let change = if voters.contains(&id) {
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -150,6 +150,48 @@ impl Node {
                 self.raft.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(update.id, info)])), false).await
             }
         };
+        self.change_result(result)
+    }
+
+    /// MemberAdd on the leader: a learner first, then (unless a learner is asked for) a voter. A
+    /// retry finds the member its earlier attempt added (ids are drawn per request, so the same
+    /// id with the same peer URLs is that attempt's) and finishes the change.
+    async fn add_member_here(
+        &self,
+        add: pb::AddMember,
+        membership: &Membership,
+        retry: bool,
+    ) -> Result<Vec<epb::Member>, StoreError> {
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let added_before = match membership.get_node(&add.id) {
+            Some(node) if retry && node.peer_urls == add.peer_urls => true,
+            Some(_) => return Err(StoreError::MemberExists),
+            None => false,
+        };
+        if !added_before {
+            let taken: BTreeSet<&String> = membership.nodes().flat_map(|(_, i)| i.peer_urls.iter()).collect();
+            if add.peer_urls.iter().any(|u| taken.contains(u)) {
+                return Err(StoreError::PeerUrlExists);
+            }
+            let learners = membership.nodes().filter(|(id, _)| !voters.contains(id)).count();
+            if add.is_learner && learners >= LEARNERS_MAX {
+                return Err(StoreError::TooManyLearners);
+            }
+            let info = MemberInfo { name: String::new(), peer_urls: add.peer_urls, client_urls: Vec::new() };
+            self.change_result(self.raft.add_learner(add.id, info, false).await)?;
+        }
+        if add.is_learner || voters.contains(&add.id) {
+            return Ok(self.members_pb());
+        }
+        let result = self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([add.id])), false).await;
+        self.change_result(result)
+    }
+
+    /// The members after a change openraft executed, or why it did not.
+    fn change_result<T>(
+        &self,
+        result: Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
+    ) -> Result<Vec<epb::Member>, StoreError> {
         match result {
             Ok(_) => Ok(self.members_pb()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NotLeader),

@@ -2,6 +2,7 @@
 //! snapshots sent to a peer over the peer protocol.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -26,6 +27,13 @@ use crate::snapshot::SnapshotData;
 /// Bytes of snapshot file per streamed chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// How long the leader waits before it opens another append stream or snapshot to a follower
+/// it could not reach the last time (etcd's peer streams redial at the same rate). openraft's
+/// own backoff runs only between the requests of an open stream, so without this a follower that
+/// is down or not started yet (just added) was redialed in a loop: a core at 100 % and two
+/// warnings per attempt, thousands a second.
+pub const REDIAL_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Creates a client per replication target.
 pub struct Network {
     /// The shared connection pool.
@@ -40,13 +48,21 @@ pub struct PeerNetwork {
     metrics: Arc<Metrics>,
     target: u64,
     info: MemberInfo,
+    /// The last stream or snapshot to the target failed to open: wait before the next.
+    unreachable: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: u64, node: &MemberInfo) -> PeerNetwork {
-        PeerNetwork { clients: self.clients.clone(), metrics: self.metrics.clone(), target, info: node.clone() }
+        PeerNetwork {
+            clients: self.clients.clone(),
+            metrics: self.metrics.clone(),
+            target,
+            info: node.clone(),
+            unreachable: false,
+        }
     }
 }
 
@@ -70,6 +86,13 @@ impl PeerNetwork {
         self.clients
             .client(self.target, &self.info)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string()))))
+    }
+
+    /// Waits [`REDIAL_BACKOFF`] if the target was unreachable the last time.
+    async fn redial_backoff(&self) {
+        if self.unreachable {
+            tokio::time::sleep(REDIAL_BACKOFF).await;
+        }
     }
 
     fn request<T>(&self, msg: T, option: &RPCOption) -> tonic::Request<T> {
@@ -164,10 +187,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
-            let client = self.client()?;
-            let replies =
-                stream_append::open(client, self.clients.route(self.target), input, option.hard_ttl()).await?;
-            Ok(replies as BoxStream<'s, _>)
+            self.redial_backoff().await;
+            let route = self.clients.route(self.target);
+            let opened = match self.client() {
+                Ok(client) => stream_append::open(client, route, input, option.hard_ttl()).await,
+                Err(e) => Err(e),
+            };
+            self.unreachable = opened.is_err();
+            Ok(opened? as BoxStream<'s, _>)
         })
     }
 
@@ -197,7 +224,12 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let target = self.target;
         let metrics = self.metrics.clone();
         let result = tokio::select! {
-            r = self.send_snapshot(vote, snapshot) => r,
+            r = async {
+                self.redial_backoff().await;
+                let sent = self.send_snapshot(vote, snapshot).await;
+                self.unreachable = matches!(sent, Err(StreamingError::Unreachable(_)));
+                sent
+            } => r,
             closed = cancel => Err(StreamingError::Closed(closed)),
         };
         metrics.snapshot_sent(target, result.is_ok());

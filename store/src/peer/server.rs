@@ -235,7 +235,7 @@ impl Peer for PeerService {
         let req = req.into_inner();
         self.check_route(req.route.as_ref())?;
         let change = req.change.ok_or_else(|| bad_input("membership change without a change"))?;
-        self.node.change_members_here(change).await?;
+        self.node.change_members_here(change, req.retry).await?;
         Ok(Response::new(self.node.cluster_reply()))
     }
 }
