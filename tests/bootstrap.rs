@@ -1,6 +1,7 @@
 //! Bootstrap rules: a member refuses to start when its flags contradict its data or the running
 //! cluster (unknown name, another cluster token, a wiped member bootstrapping anew, a member
-//! joining with the wrong token), and a restarted member rejoins with the same flags.
+//! joining with the wrong token), a restarted member rejoins with the same flags, and a single
+//! member grows into a cluster by MemberAdd.
 
 mod common;
 
@@ -114,6 +115,32 @@ async fn joining_with_a_wrong_token_is_refused() -> Result<()> {
 
     let mut client = cluster.client_for(&[0, 1, 2]).await?;
     client.put("still", "writable", None).await?;
+    Ok(())
+}
+
+/// etcd's runtime reconfiguration from one member: MemberAdd answers at once, though the
+/// cluster then waits for the new member to start. openraft's joint step needs the new member
+/// itself to commit when growing from one, so geobuk's MemberAdd used to time out ("request
+/// timed out") and the operator never got the member list to start the new member with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_member_grows_to_three_by_member_add() -> Result<()> {
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(1, ClusterOpts::default()).await?;
+    cluster.client(0).await?.put("grow/before", "1", None).await?;
+    let second = cluster.add_member("m1", false).await?;
+    let third = cluster.add_member("m2", false).await?;
+    let all = [0, second, third];
+    cluster.converge(&all).await?;
+    let mut client = cluster.client_for(&all).await?;
+    let members = client.member_list().await?;
+    ensure!(
+        members.members().len() == 3 && members.members().iter().all(|m| !m.is_learner()),
+        "three voters: {:?}",
+        members.members()
+    );
+    client.put("grow/after", "3", None).await?;
+    let got = cluster.client(second).await?.get("grow/before", None).await?;
+    ensure!(common::values(got.kvs()) == ["1"], "the second member has the first one's data");
     Ok(())
 }
 

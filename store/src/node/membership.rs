@@ -183,8 +183,60 @@ impl Node {
         if add.is_learner || voters.contains(&add.id) {
             return Ok(self.members_pb());
         }
-        let result = self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([add.id])), false).await;
-        self.change_result(result)
+        self.add_voter_here(add.id, &voters).await
+    }
+
+    /// Makes learner `id` a voter. etcd answers a MemberAdd once its single-step conf change
+    /// commits under the configuration before it, so a one-member cluster grows to two at once
+    /// (and then waits for the new member to start). openraft's joint step also needs a quorum of
+    /// the new configuration, which is the new member itself when growing from one: the change
+    /// commits only once that member runs, which its operator starts only after MemberAdd
+    /// answers. So the answer comes when the change completes or, failing that within an
+    /// election timeout, once the joint entry is held by a majority of the voters before it (what
+    /// etcd's commit means); the change goes on in the background.
+    async fn add_voter_here(&self, id: u64, voters_before: &BTreeSet<u64>) -> Result<Vec<epb::Member>, StoreError> {
+        let raft = self.raft.clone();
+        let mut change = tokio::spawn(async move {
+            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
+        });
+        let grace = Duration::from_millis(self.config.election_timeout_ms);
+        let done = match tokio::time::timeout(grace, &mut change).await {
+            Ok(done) => done,
+            Err(_) => tokio::select! {
+                done = &mut change => done,
+                () = self.joint_entry_held(id, voters_before) => return Ok(self.members_pb()),
+            },
+        };
+        match done {
+            Ok(result) => self.change_result(result),
+            Err(e) => Err(StoreError::internal(e)),
+        }
+    }
+
+    /// Resolves once the membership in this leader's log makes `id` a voter and a majority of
+    /// `voters_before` have that entry in their logs.
+    async fn joint_entry_held(&self, id: u64, voters_before: &BTreeSet<u64>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_watched();
+                let config = &m.membership_config;
+                if config.membership().voter_ids().any(|v| v == id)
+                    && let (Some(entry), Some(matched)) = (config.log_id(), m.replication.as_ref())
+                {
+                    let holding = voters_before
+                        .iter()
+                        .filter(|v| matched.get(*v).cloned().flatten().is_some_and(|l| l.index >= entry.index))
+                        .count();
+                    if holding * 2 > voters_before.len() {
+                        return;
+                    }
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// The members after a change openraft executed, or why it did not.
