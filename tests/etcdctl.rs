@@ -277,3 +277,21 @@ async fn endpoint_status_health_hashkv_and_member_list() -> Result<()> {
     assert_eq!(members.lines().count(), 1);
     Ok(())
 }
+
+/// `endpoint status --cluster` and `endpoint health --cluster` dial the client URLs of
+/// MemberList, and etcdctl 3.4 then sends `http://host:port` as the HTTP/2 `:authority`, which
+/// h2 refused (PROTOCOL_ERROR) until geobuk's copy of it ignored a malformed one, as etcd does.
+#[tokio::test]
+async fn endpoint_commands_with_cluster_reach_every_member() -> Result<()> {
+    let server = TestServer::start().await?;
+    let ctl = Ctl::new(&server)?;
+    let status = ctl.ok(&["endpoint", "status", "--cluster", "-w", "json"]).await?;
+    assert_eq!(json_field(&status, "Endpoint"), Some(server.client_url().as_str()), "{status}");
+    assert!(json_u64(&status, "leader")? != 0, "{status}");
+
+    let health = ctl.run(&["endpoint", "health", "--cluster"], None).await?;
+    let text = String::from_utf8_lossy(&health.stdout) + String::from_utf8_lossy(&health.stderr);
+    assert!(health.status.success(), "{text}");
+    assert!(text.contains(&format!("{} is healthy", server.client_url())), "{text}");
+    Ok(())
+}
