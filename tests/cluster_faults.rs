@@ -9,9 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use common::cluster::{
-    ClusterOpts, TestCluster, UNHEALTHY, Writers, check_acked, check_acked_with, connect_with, serial,
-};
+use common::cluster::{ClusterOpts, TestCluster, Writers, check_acked, check_acked_with, connect_with, serial};
 use common::proxy::Dir;
 use common::{grpc_status, rev, skip_on_etcd, within_for};
 use store::proto::peerpb::{self, member_change::Change, peer_client::PeerClient};
@@ -149,16 +147,7 @@ async fn removed_leader_leaves_a_finished_configuration() -> Result<()> {
     let leader_id = cluster.member_id(leader);
     let survivors = cluster.live_except(leader);
     let mut admin = cluster.client_for(&survivors).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match admin.member_remove(leader_id).await {
-            Ok(_) => break,
-            Err(e) if grpc_status(&e).is_some_and(|(_, m)| m == UNHEALTHY) && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e).context("MemberRemove of the leader"),
-        }
-    }
+    TestCluster::member_remove(&mut admin, leader_id).await.context("MemberRemove of the leader")?;
     cluster.wait_exit(leader, Duration::from_secs(20)).await.context("the removed leader did not stop")?;
     let listed = |members: &[etcd_client::Member]| members.iter().any(|m| m.id() == leader_id);
     let members = admin.member_list().await?;
@@ -273,17 +262,7 @@ async fn membership_changes_under_load() -> Result<()> {
     writers.wait_more(100, Duration::from_secs(30)).await?;
 
     // An original follower leaves.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match admin.member_remove(removed_id).await {
-            Ok(_) => break,
-            // etcd's strict reconfig check: not enough peers connected for 5 s yet.
-            Err(e) if grpc_status(&e).is_some_and(|(_, m)| m == UNHEALTHY) && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e).context("MemberRemove"),
-        }
-    }
+    TestCluster::member_remove(&mut admin, removed_id).await?;
     match cluster.wait_exit(removed, Duration::from_secs(10)).await {
         Ok(status) => eprintln!("the removed member exited by itself: {status}"),
         Err(_) => {

@@ -633,6 +633,22 @@ impl TestCluster {
         Ok(i)
     }
 
+    /// MemberRemove of member `id` through `client`, asked again while etcd's strict reconfig
+    /// check answers "unhealthy cluster" (the member answering has not been connected to every
+    /// peer for 5 s yet), for up to 30 s.
+    pub async fn member_remove(client: &mut Client, id: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match super::within("MemberRemove", client.member_remove(id)).await? {
+                Ok(_) => return Ok(()),
+                Err(e) if super::grpc_status(&e).is_some_and(|(_, m)| m == UNHEALTHY) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("MemberRemove of {id:x}")),
+            }
+        }
+    }
+
     /// MemberAdd through the live members for a new slot named `name` (not started): its
     /// initial cluster is the member list the add answered, its state "existing". Returns the
     /// slot and the id MemberAdd assigned.

@@ -19,6 +19,8 @@ const PEER_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 const META_MEMBER_ID: &[u8] = b"member_id";
 const META_CLUSTER_ID: &[u8] = b"cluster_id";
 const META_TOKEN: &[u8] = b"cluster_token";
+/// Present once this member saw its own removal committed: its data dir must not serve again.
+const META_REMOVED: &[u8] = b"removed";
 
 /// Errors deciding this member's identity; each is a refusal to start.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,11 @@ pub enum BootstrapError {
     /// Joining: no reachable member knows this member's peer URLs.
     #[error("no member with peer URLs {0:?} in the running cluster (add it with MemberAdd first): {1}")]
     NotAdded(Vec<String>, String),
+    /// This member saw its own removal committed before it stopped (etcd's message).
+    #[error(
+        "member {0:x}: the member has been permanently removed from the cluster; start a new member with a new data dir (add it with MemberAdd first)"
+    )]
+    Removed(u64),
     /// Storage failed.
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
@@ -136,6 +143,16 @@ fn persist(engine: &Engine, id: &Identity, token: &str) -> Result<(), BootstrapE
     Ok(())
 }
 
+/// Records, durably, that this member has been removed from the cluster: a restart with this
+/// data dir is refused ([`BootstrapError::Removed`]), as etcd refuses a removed member. Without
+/// it the member started, no longer in any configuration, and served nothing and stale reads.
+pub fn record_removed(engine: &Engine) -> Result<(), BootstrapError> {
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    engine.db().put_cf_opt(engine.cf(cf::RAFT_META), META_REMOVED, [], &opts)?;
+    Ok(())
+}
+
 /// The token the data dir was bootstrapped with (none for a data dir from
 /// before tokens were stored).
 pub fn stored_token(engine: &Engine) -> Result<Option<String>, BootstrapError> {
@@ -159,6 +176,9 @@ pub async fn resolve(engine: &Engine, config: &StoreConfig) -> Result<(Identity,
             && stored != config.initial_cluster_token
         {
             return Err(BootstrapError::TokenMismatch { given: config.initial_cluster_token.clone(), stored });
+        }
+        if engine.db().get_cf(engine.cf(cf::RAFT_META), META_REMOVED)?.is_some() {
+            return Err(BootstrapError::Removed(member_id));
         }
         return Ok((Identity { member_id, cluster_id }, Bootstrap::Restart));
     }

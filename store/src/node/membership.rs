@@ -264,7 +264,8 @@ impl Node {
     }
 
     /// Resolves once this member has been removed from the cluster (it was a
-    /// member, and a committed membership no longer lists it); etcd then stops.
+    /// member, and a committed membership no longer lists it), after recording that in the data
+    /// dir so that a restart is refused; etcd then stops.
     pub async fn removed(&self) {
         // The server metrics change with the membership (not with every write, as the full
         // metrics do).
@@ -286,6 +287,9 @@ impl Node {
                     member_id = format!("{:x}", self.member_id),
                     "the member has been permanently removed from the cluster"
                 );
+                if let Err(e) = super::bootstrap::record_removed(&self.shared.engine) {
+                    tracing::warn!(error = %e, "could not record the removal in the data dir");
+                }
                 return;
             }
             if metrics.changed().await.is_err() {
