@@ -327,7 +327,11 @@ impl Node {
 /// A proposal openraft refused: a deposed leader's refusal is worth retrying against the new one.
 fn write_error(e: ClientWriteError<TypeConfig>) -> AttemptError {
     match e {
-        ClientWriteError::ForwardToLeader(_) => AttemptError::Retry(StoreError::NotLeader),
+        // Discarded: the entry was truncated after the leader lost its leadership, so it never
+        // commits.
+        ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_) => {
+            AttemptError::Retry(StoreError::NotLeader)
+        }
         e => AttemptError::Final(StoreError::internal(e)),
     }
 }

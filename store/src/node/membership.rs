@@ -28,6 +28,12 @@ const LEARNERS_MAX: usize = 1;
 /// How long MoveLeader waits for the target to take over.
 const MOVE_LEADER_WAIT_ELECTIONS: u32 = 4;
 
+/// Whether `id` is a voter of a membership that is not joint: a change that made it a voter has
+/// finished.
+fn is_settled_voter(membership: &Membership, id: u64) -> bool {
+    matches!(membership.get_joint_config().as_slice(), [voters] if voters.contains(&id))
+}
+
 /// How a membership change this member executed as leader ended, as an attempt: a lost
 /// leadership or a timeout is worth another attempt against the (possibly new) leader.
 fn change_error(e: StoreError) -> AttemptError {
@@ -75,18 +81,25 @@ impl Node {
         let attempted = AtomicBool::new(false);
         self.with_leader(|target, limit| {
             let change = change.clone();
-            let retry = attempted.swap(true, Ordering::Relaxed);
+            let attempted = &attempted;
             // Adding a voter waits for a quorum that includes it: allow the full request time.
             let limit = limit.max(self.config.request_timeout());
             async move {
+                // Whether an earlier attempt reached a leader (or what it took for one), which may
+                // have executed the change in part.
+                let retry = attempted.load(Ordering::Relaxed);
                 match target {
-                    Target::Me => match tokio::time::timeout(limit, self.change_members_here(change, retry)).await {
-                        Err(_) => Err(AttemptError::Retry(StoreError::Timeout)),
-                        Ok(result) => result.map_err(change_error),
-                    },
+                    Target::Me => {
+                        attempted.store(true, Ordering::Relaxed);
+                        match tokio::time::timeout(limit, self.change_members_here(change, retry)).await {
+                            Err(_) => Err(AttemptError::Retry(StoreError::Timeout)),
+                            Ok(result) => result.map_err(change_error),
+                        }
+                    }
                     Target::Peer(id, info) => {
                         let mut client =
                             self.peers.client(id, &info).map_err(|e| AttemptError::Retry(StoreError::internal(e)))?;
+                        attempted.store(true, Ordering::Relaxed);
                         let msg = pb::MemberChange { route: self.peers.route(id), change: Some(change), retry };
                         let mut req = tonic::Request::new(msg);
                         req.set_timeout(limit);
@@ -120,13 +133,18 @@ impl Node {
                 if !exists(id) {
                     return Err(StoreError::MemberNotFound);
                 }
-                if voters.contains(&id) {
-                    return if retry { Ok(self.members_pb()) } else { Err(StoreError::MemberNotLearner) };
+                if voters.contains(&id) && !retry {
+                    return Err(StoreError::MemberNotLearner);
                 }
+                if is_settled_voter(&membership, id) {
+                    return Ok(self.members_pb());
+                }
+                // A retry whose first attempt's joint step committed: the call finishes it.
+                let finishing = voters.contains(&id);
                 let leader_last = metrics.last_log_index.unwrap_or(0);
                 let matched =
                     metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
-                if matched * 100 < leader_last * LEARNER_READY_PERCENT {
+                if !finishing && matched * 100 < leader_last * LEARNER_READY_PERCENT {
                     return Err(StoreError::LearnerNotReady);
                 }
                 self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
@@ -180,9 +198,12 @@ impl Node {
             let info = MemberInfo { name: String::new(), peer_urls: add.peer_urls, client_urls: Vec::new() };
             self.change_result(self.raft.add_learner(add.id, info, false).await)?;
         }
-        if add.is_learner || voters.contains(&add.id) {
+        if add.is_learner || is_settled_voter(membership, add.id) {
             return Ok(self.members_pb());
         }
+        // Also a retry whose first attempt's joint step committed (the id is a voter in one of
+        // the joint configurations): openraft leaves a joint configuration as it is until the next
+        // change, which this call is.
         self.add_voter_here(add.id, &voters).await
     }
 
@@ -246,7 +267,10 @@ impl Node {
     ) -> Result<Vec<epb::Member>, StoreError> {
         match result {
             Ok(_) => Ok(self.members_pb()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NotLeader),
+            // Discarded: this member lost its leadership and its uncommitted entry was truncated.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(StoreError::NotLeader)
+            }
             Err(RaftError::APIError(e)) => Err(StoreError::internal(e)),
             Err(RaftError::Fatal(_)) => Err(StoreError::Stopped),
         }

@@ -2,7 +2,7 @@
 //! snapshots sent to a peer over the peer protocol.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -27,12 +27,20 @@ use crate::snapshot::SnapshotData;
 /// Bytes of snapshot file per streamed chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
-/// How long the leader waits before it opens another append stream or snapshot to a follower
-/// it could not reach the last time (etcd's peer streams redial at the same rate). openraft's
-/// own backoff runs only between the requests of an open stream, so without this a follower that
-/// is down or not started yet (just added) was redialed in a loop: a core at 100 % and two
-/// warnings per attempt, thousands a second.
+/// The least time between a failed attempt to open an append stream or snapshot to a follower
+/// and the next attempt (etcd's peer streams redial at the same rate). openraft's own backoff
+/// runs only between the requests of an open stream, so without this a follower that is down or
+/// not started yet (just added) was redialed in a loop: a core at 100 % and two warnings per
+/// attempt, thousands a second. Only the rest of the interval is waited: openraft's heartbeat
+/// worker opens a stream per heartbeat under a timeout of one heartbeat interval, and a full
+/// wait before each would never get to send one.
 pub const REDIAL_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long to wait before opening a stream at `now`, the last failure to open having been at
+/// `failed_at`: what is left of [`REDIAL_BACKOFF`] since then.
+fn redial_wait(failed_at: Option<Instant>, now: Instant) -> Duration {
+    failed_at.map_or(Duration::ZERO, |failed| (failed + REDIAL_BACKOFF).saturating_duration_since(now))
+}
 
 /// Creates a client per replication target.
 pub struct Network {
@@ -48,8 +56,8 @@ pub struct PeerNetwork {
     metrics: Arc<Metrics>,
     target: u64,
     info: MemberInfo,
-    /// The last stream or snapshot to the target failed to open: wait before the next.
-    unreachable: bool,
+    /// When the last stream or snapshot to the target failed to open, if it did.
+    failed_at: Option<Instant>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -61,7 +69,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             metrics: self.metrics.clone(),
             target,
             info: node.clone(),
-            unreachable: false,
+            failed_at: None,
         }
     }
 }
@@ -88,11 +96,16 @@ impl PeerNetwork {
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string()))))
     }
 
-    /// Waits [`REDIAL_BACKOFF`] if the target was unreachable the last time.
+    /// Waits until [`REDIAL_BACKOFF`] has passed since the last failure to open, if any.
     async fn redial_backoff(&self) {
-        if self.unreachable {
-            tokio::time::sleep(REDIAL_BACKOFF).await;
+        let wait = redial_wait(self.failed_at, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
+    }
+
+    fn note_open(&mut self, failed: bool) {
+        self.failed_at = failed.then(Instant::now);
     }
 
     fn request<T>(&self, msg: T, option: &RPCOption) -> tonic::Request<T> {
@@ -193,7 +206,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 Ok(client) => stream_append::open(client, route, input, option.hard_ttl()).await,
                 Err(e) => Err(e),
             };
-            self.unreachable = opened.is_err();
+            self.note_open(opened.is_err());
             Ok(opened? as BoxStream<'s, _>)
         })
     }
@@ -227,7 +240,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             r = async {
                 self.redial_backoff().await;
                 let sent = self.send_snapshot(vote, snapshot).await;
-                self.unreachable = matches!(sent, Err(StreamingError::Unreachable(_)));
+                self.note_open(matches!(sent, Err(StreamingError::Unreachable(_))));
                 sent
             } => r,
             closed = cancel => Err(StreamingError::Closed(closed)),
@@ -250,5 +263,27 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let req = self.request(msg, &option);
         let reply = self.client()?.transfer_leader(req).await.map_err(rpc_error)?.into_inner();
         if reply.refused.is_empty() { Ok(Ok(())) } else { Err(net_error(reply.refused)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// openraft's heartbeat worker opens a stream per heartbeat, one heartbeat interval (100 ms
+    /// by default, as `REDIAL_BACKOFF`) apart and each under a timeout of one interval. A wait of
+    /// the full backoff before every open after a failure outlasted that timeout, so the failure
+    /// was never cleared and the target got no heartbeat again that term (seen by hand: both
+    /// followers killed and restarted, the leader warned "failed to send a heartbeat: Elapsed"
+    /// on and on, and the followers elected a new leader).
+    #[test]
+    fn the_redial_wait_is_what_is_left_of_the_backoff() {
+        let now = Instant::now();
+        assert_eq!(redial_wait(None, now), Duration::ZERO);
+        assert_eq!(redial_wait(Some(now), now), REDIAL_BACKOFF);
+        assert_eq!(redial_wait(Some(now), now + Duration::from_millis(60)), REDIAL_BACKOFF - Duration::from_millis(60));
+        // The next heartbeat, an interval after a failed one, goes out at once.
+        assert_eq!(redial_wait(Some(now), now + REDIAL_BACKOFF), Duration::ZERO);
+        assert_eq!(redial_wait(Some(now), now + 3 * REDIAL_BACKOFF), Duration::ZERO);
     }
 }
