@@ -326,13 +326,19 @@ impl Node {
 
 /// A proposal openraft refused: a deposed leader's refusal is worth retrying against the new one.
 fn write_error(e: ClientWriteError<TypeConfig>) -> AttemptError {
+    match write_refusal(e) {
+        StoreError::NotLeader => AttemptError::Retry(StoreError::NotLeader),
+        e => AttemptError::Final(e),
+    }
+}
+
+/// Why openraft refused a write (a proposal or a membership change): "not leader" when this
+/// member is no longer the leader, or was deposed and its uncommitted entry truncated
+/// (discarded: it never commits).
+pub(super) fn write_refusal(e: ClientWriteError<TypeConfig>) -> StoreError {
     match e {
-        // Discarded: the entry was truncated after the leader lost its leadership, so it never
-        // commits.
-        ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_) => {
-            AttemptError::Retry(StoreError::NotLeader)
-        }
-        e => AttemptError::Final(StoreError::internal(e)),
+        ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_) => StoreError::NotLeader,
+        e => StoreError::internal(e),
     }
 }
 

@@ -13,7 +13,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 
 use super::Node;
-use super::forward::{AttemptError, Target, status_error};
+use super::forward::{AttemptError, Target, status_error, write_refusal};
 use crate::engine::cf;
 use crate::error::StoreError;
 use crate::proto::etcdserverpb as epb;
@@ -267,11 +267,7 @@ impl Node {
     ) -> Result<Vec<epb::Member>, StoreError> {
         match result {
             Ok(_) => Ok(self.members_pb()),
-            // Discarded: this member lost its leadership and its uncommitted entry was truncated.
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_))) => {
-                Err(StoreError::NotLeader)
-            }
-            Err(RaftError::APIError(e)) => Err(StoreError::internal(e)),
+            Err(RaftError::APIError(e)) => Err(write_refusal(e)),
             Err(RaftError::Fatal(_)) => Err(StoreError::Stopped),
         }
     }
