@@ -44,6 +44,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const UNHEALTHY: &str = "etcdserver: unhealthy cluster";
 /// Lines of each member's log printed when the cluster is dropped (shown on failure).
 const MEMBER_LOG_TAIL_LINES: usize = 40;
+/// Error and panic lines of each member's log printed after the tails (the first ones).
+const MEMBER_LOG_NOTABLE_LINES: usize = 12;
 
 /// Locks the per-binary cluster mutex; hold the guard for the whole test.
 pub async fn serial() -> MutexGuard<'static, ()> {
@@ -732,6 +734,18 @@ impl TestCluster {
                 eprintln!("{line}");
             }
         }
+        // Last, so that a runner showing only the end of the output still shows them: the
+        // errors and panics from anywhere in each log, which the tails often miss.
+        for (i, m) in self.members.iter().enumerate() {
+            let log = self.log(i);
+            let notable: Vec<&str> = log.lines().filter(|l| is_notable_log_line(l)).collect();
+            // The first ones: a failure's cause comes before the errors that follow from it.
+            let shown = notable.len().min(MEMBER_LOG_NOTABLE_LINES);
+            eprintln!("--- errors and panics of member {} (first {shown} of {}) ---", m.name, notable.len());
+            for line in &notable[..shown] {
+                eprintln!("{line}");
+            }
+        }
         eprintln!("--- end of member logs ---");
     }
 }
@@ -958,6 +972,11 @@ pub fn metric_samples(text: &str, name: &str) -> Vec<(String, f64)> {
             Some((labels, value))
         })
         .collect()
+}
+
+/// A member log line worth showing whatever its place: an error event or a panic.
+fn is_notable_log_line(line: &str) -> bool {
+    line.contains("ERROR") || line.contains("panicked")
 }
 
 /// Raft ids print as lowercase hex without leading zeros in etcd's metrics and logs.

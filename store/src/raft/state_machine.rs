@@ -495,9 +495,12 @@ fn received_file(dir: &SnapshotDir, data: SnapshotData) -> Result<std::path::Pat
     match data {
         SnapshotData::File(f) if dir.is_temp(&f.path) => Ok(f.path),
         other => {
-            let file = other.into_file()?;
+            let mut file = other.into_file()?;
             let temp = dir.temp_path("install");
-            std::fs::copy(&file.path, &temp)?;
+            // From the open file, not its path: a newer snapshot may have replaced it there.
+            let mut copy = std::fs::File::create(&temp)?;
+            std::io::copy(&mut file.file, &mut copy)?;
+            copy.sync_all()?; // publish renames it into place: it must be durable first
             Ok(temp)
         }
     }

@@ -67,8 +67,14 @@ impl SnapshotData {
 #[derive(Debug)]
 pub struct SnapshotDir {
     dir: PathBuf,
-    /// Serializes publishing, so a slow build cannot replace a newer install.
+    /// Serializes publishing, so a slow build cannot replace a newer install, and dumps,
+    /// so a checkpoint is not removed mid-read. Taken before `entries`.
     publish: Mutex<()>,
+    /// Held while the published entries change (renamed in, older ones removed) and while a
+    /// reader lists them and opens the newest: without it a reader can list an entry that
+    /// is gone when it opens it. Never held for long, unlike `publish`, which a dump holds
+    /// for a pass over the whole state (openraft's state machine worker waits on readers).
+    entries: Mutex<()>,
 }
 
 /// Suffix of snapshot files.
@@ -146,7 +152,7 @@ impl SnapshotDir {
                 remove_any(&entry.path())?;
             }
         }
-        Ok(SnapshotDir { dir, publish: Mutex::new(()) })
+        Ok(SnapshotDir { dir, publish: Mutex::new(()), entries: Mutex::new(()) })
     }
 
     /// A fresh temp path in the directory (removed at the next open if left behind).
@@ -170,8 +176,18 @@ impl SnapshotDir {
         self.publish.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_entries(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The newest published snapshot, if any.
     pub fn current(&self) -> Result<Option<(SnapshotInfo, Published)>, SnapshotError> {
+        let _entries = self.lock_entries();
+        self.scan()
+    }
+
+    /// The newest published snapshot; the caller holds `entries` or `publish`.
+    fn scan(&self) -> Result<Option<(SnapshotInfo, Published)>, SnapshotError> {
         let mut best: Option<(SnapshotInfo, Published)> = None;
         for entry in std::fs::read_dir(&self.dir)? {
             let Some((info, published)) = read_published(&entry?.path())? else {
@@ -186,7 +202,9 @@ impl SnapshotDir {
 
     /// The newest published snapshot as openraft's snapshot data.
     pub fn current_data(self: &Arc<Self>) -> Result<Option<(SnapshotInfo, SnapshotData)>, SnapshotError> {
-        let Some((info, published)) = self.current()? else {
+        // Opened under the lock: once open, a file stays readable whatever replaces it.
+        let _entries = self.lock_entries();
+        let Some((info, published)) = self.scan()? else {
             return Ok(None);
         };
         Ok(Some((info, self.data(published)?)))
@@ -204,23 +222,26 @@ impl SnapshotDir {
     /// snapshot was published meanwhile, `temp` is dropped and that one is
     /// returned instead.
     pub fn publish(&self, temp: &Path, info: &SnapshotInfo) -> Result<(SnapshotInfo, Published), SnapshotError> {
-        self.publish_as(temp, info, SUFFIX)
+        let _publish = self.lock();
+        self.publish_locked(temp, info, SUFFIX)
     }
 
-    fn publish_as(
+    /// [`Self::publish`] as a file or a checkpoint; the caller holds `publish`, so the
+    /// entries change only here.
+    fn publish_locked(
         &self,
         temp: &Path,
         info: &SnapshotInfo,
         suffix: &str,
     ) -> Result<(SnapshotInfo, Published), SnapshotError> {
-        let _guard = self.lock();
-        if let Some((cur, published)) = self.current()?
+        if let Some((cur, published)) = self.scan()?
             && cur.last_log_id > info.last_log_id
         {
             remove_any(temp)?;
             return Ok((cur, published));
         }
         let path = self.dir.join(snapshot_name(info, suffix));
+        let _entries = self.lock_entries();
         if path.exists() {
             remove_any(&path)?;
         }
@@ -246,7 +267,9 @@ impl SnapshotDir {
                 return Err(e);
             }
         };
-        let (info, published) = self.publish_as(&temp, &info, CHECKPOINT_SUFFIX)?;
+        // Under `publish`: what it returns stays in place until opened.
+        let _publish = self.lock();
+        let (info, published) = self.publish_locked(&temp, &info, CHECKPOINT_SUFFIX)?;
         Ok((info, self.data(published)?))
     }
 
@@ -339,6 +362,48 @@ mod tests {
         assert_eq!(again.path, file.path);
         assert_eq!(std::fs::metadata(&again.path).unwrap().modified().unwrap(), modified);
         assert_eq!(again.size, file.size);
+    }
+
+    /// openraft asks for the current snapshot (to send it to a follower) while apply goes on
+    /// building newer ones; an error there stops the member, so a reader must never see an
+    /// entry vanish between listing the directory and opening it (seen in CI as "Read
+    /// Snapshot(None): No such file or directory", which stopped the leader).
+    #[test]
+    fn the_current_snapshot_is_readable_while_newer_ones_are_published() {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&tmp.path().join("db")).unwrap();
+        let dir = Arc::new(SnapshotDir::open(tmp.path().join("snap")).unwrap());
+        applied(&engine, 1);
+        dir.build(&engine).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (dir, stop) = (dir.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let (info, _) = dir.current_data().expect("the current snapshot").expect("one is published");
+                        assert!(index(&info).is_some());
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        // Checkpoints and received files in turn, as on a member that leads, then follows.
+        for i in 2..60u64 {
+            applied(&engine, i);
+            if i % 3 == 0 {
+                let temp = dir.temp_path("recv");
+                let (info, _) = file::write(&engine, &temp).unwrap();
+                dir.publish(&temp, &info).unwrap();
+            } else {
+                dir.build(&engine).unwrap();
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reads: u64 = readers.into_iter().map(|r| r.join().expect("no reader failed")).sum();
+        assert!(reads > 0);
     }
 
     #[test]
