@@ -218,7 +218,8 @@ impl KeyIndex {
         }
         let mut history = KeyHistory { generations: vec![Generation::default()], lease: 0 };
         let outcome = history.put(rev, lease);
-        self.keys.insert(key.clone(), history);
+        // Copied: apply's keys are slices of the Raft entry, which the index must not keep alive.
+        self.keys.insert(Bytes::copy_from_slice(key), history);
         outcome
     }
 

@@ -79,8 +79,27 @@ impl LatestCache {
     }
 
     fn insert(&mut self, kv: &KeyValue) {
-        self.remove(&kv.key);
-        // Copied: an event's key and value may share one buffer with a whole request.
+        if let Some(live) = self.entries.get_mut(&kv.key[..]) {
+            let (old, new) = (cost(live), cost(kv));
+            if self.bytes - old + new <= self.bytes_max {
+                // In place: one probe, and the cached key is kept rather than copied again.
+                self.bytes = self.bytes - old + new;
+                // Every field named: one added to KeyValue must be decided on here.
+                let KeyValue { key: _, create_revision, mod_revision, version, value, lease } = kv;
+                let key = std::mem::take(&mut live.key);
+                *live = KeyValue {
+                    key,
+                    create_revision: *create_revision,
+                    mod_revision: *mod_revision,
+                    version: *version,
+                    value: Bytes::copy_from_slice(value),
+                    lease: *lease,
+                };
+                return;
+            }
+            self.remove(&kv.key);
+        }
+        // Copied: an event's key and value are slices of the Raft entry (a txn's may be large).
         let kv =
             KeyValue { key: Bytes::copy_from_slice(&kv.key), value: Bytes::copy_from_slice(&kv.value), ..kv.clone() };
         let cost = cost(&kv);
@@ -131,6 +150,25 @@ mod tests {
         assert_eq!(cache.len(), 1);
         cache.clear();
         assert!(cache.is_empty() && cache.get(b"a").is_none());
+    }
+
+    #[test]
+    fn cached_values_are_copies_whether_new_or_replaced() {
+        // Events' keys and values are slices of a Raft entry, which may hold a large txn.
+        let entry = Bytes::from(vec![b'v'; 4096]);
+        let from_entry = |rev| {
+            let mut event = put("k", "", rev);
+            event.kv.value = entry.slice(100..110);
+            event
+        };
+        let mut cache = LatestCache::default();
+        for rev in [2, 3] {
+            cache.apply_events(&[from_entry(rev)]);
+            let cached = cache.get(b"k").expect("cached");
+            assert_eq!((&cached.value[..], cached.mod_revision), (&entry[100..110], rev));
+            assert!(!entry.as_ptr_range().contains(&cached.value.as_ptr()), "revision {rev} keeps the entry alive");
+        }
+        assert_eq!(cache.bytes, cost(cache.get(b"k").unwrap()), "a replaced entry is counted once");
     }
 
     #[test]

@@ -548,7 +548,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let groupable = match &entry.payload {
-                EntryPayload::Normal(cmd) => raftlog::Command::decode(&cmd.0[..]).ok().filter(group::groupable),
+                // Decoded from the entry's `Bytes`: keys and values are slices of it, not copies
+                // (what outlives the apply copies them: the key index, the LatestCache).
+                EntryPayload::Normal(cmd) => raftlog::Command::decode(cmd.0.clone()).ok().filter(group::groupable),
                 _ => None,
             };
             if let Some(cmd) = groupable {

@@ -229,3 +229,15 @@ fn empty_and_inverted_ranges_yield_nothing() {
     assert_eq!(index.range(Bound::Included(b"b"), Bound::Included(b"b"), 2).count(), 1);
     assert_eq!(index.range(Bound::Unbounded, Bound::Unbounded, 1).count(), 0);
 }
+
+#[test]
+fn a_new_key_is_copied_out_of_the_buffer_it_arrived_in() {
+    // Apply's keys are slices of the Raft entry: kept as they are, every key would keep its
+    // whole entry (the value with it) alive for as long as the key exists.
+    let entry = Bytes::from(vec![b'k'; 4096]);
+    let mut index = KeyIndex::new();
+    index.put(&entry.slice(10..20), Revision::new(2, 0), 0);
+    let (stored, _) = index.keys.iter().next().expect("the key is indexed");
+    assert_eq!(&stored[..], &entry[10..20]);
+    assert!(!entry.as_ptr_range().contains(&stored.as_ptr()), "the index holds a slice of the entry");
+}
