@@ -6,6 +6,7 @@
 use std::io;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -488,6 +489,21 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
+/// Entries up to this size are decoded in place by [`decode_for_apply`].
+const IN_PLACE_DECODE_BYTES_MAX: usize = 64 << 10;
+
+/// Decodes a command to apply. A small entry is decoded from its `Bytes`: keys and values are
+/// slices of it, not copies, and what outlives the apply copies what it keeps (the key index,
+/// the LatestCache). A larger one (a big txn) is decoded into copies, so that an event of one
+/// small key, queued for a slow watcher, cannot keep the whole entry alive.
+fn decode_for_apply(payload: &Bytes) -> Result<raftlog::Command, prost::DecodeError> {
+    if payload.len() <= IN_PLACE_DECODE_BYTES_MAX {
+        raftlog::Command::decode(payload.clone())
+    } else {
+        raftlog::Command::decode(&payload[..])
+    }
+}
+
 /// The path of a received snapshot file, not yet published, for `install_snapshot`.
 /// Snapshot data openraft hands over is a received file; anything else is
 /// copied to a temp file first, so publishing never moves a published snapshot.
@@ -548,9 +564,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let groupable = match &entry.payload {
-                // Decoded from the entry's `Bytes`: keys and values are slices of it, not copies
-                // (what outlives the apply copies them: the key index, the LatestCache).
-                EntryPayload::Normal(cmd) => raftlog::Command::decode(cmd.0.clone()).ok().filter(group::groupable),
+                EntryPayload::Normal(cmd) => decode_for_apply(&cmd.0).ok().filter(group::groupable),
                 _ => None,
             };
             if let Some(cmd) = groupable {
@@ -627,5 +641,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(io_err)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_entry(value_bytes: usize) -> Bytes {
+        let put = pb::PutRequest {
+            key: Bytes::from_static(b"k"),
+            value: vec![b'v'; value_bytes].into(),
+            ..Default::default()
+        };
+        raftlog::Command { request_id: 1, op: Some(Op::Put(put)) }.encode_to_vec().into()
+    }
+
+    fn value_in_entry(entry: &Bytes) -> bool {
+        let Some(Op::Put(put)) = decode_for_apply(entry).expect("decodes").op else { panic!("a put") };
+        entry.as_ptr_range().contains(&put.value.as_ptr())
+    }
+
+    #[test]
+    fn small_entries_are_decoded_in_place_and_large_ones_into_copies() {
+        assert!(value_in_entry(&put_entry(256)), "a small entry's value is a slice of it");
+        let large = put_entry(IN_PLACE_DECODE_BYTES_MAX + 1);
+        assert!(!value_in_entry(&large), "a large entry's value is copied out of it");
     }
 }

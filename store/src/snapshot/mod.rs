@@ -223,35 +223,47 @@ impl SnapshotDir {
     /// returned instead.
     pub fn publish(&self, temp: &Path, info: &SnapshotInfo) -> Result<(SnapshotInfo, Published), SnapshotError> {
         let _publish = self.lock();
-        self.publish_locked(temp, info, SUFFIX)
+        // A received snapshot replaces a built one of the same entry: the install loads it.
+        self.publish_locked(temp, info, SUFFIX, true)
     }
 
     /// [`Self::publish`] as a file or a checkpoint; the caller holds `publish`, so the
-    /// entries change only here.
+    /// entries change only here. `replace_equal`: whether it replaces a snapshot of the same
+    /// entry (else that one stays and is returned).
     fn publish_locked(
         &self,
         temp: &Path,
         info: &SnapshotInfo,
         suffix: &str,
+        replace_equal: bool,
     ) -> Result<(SnapshotInfo, Published), SnapshotError> {
         if let Some((cur, published)) = self.scan()?
-            && cur.last_log_id > info.last_log_id
+            && (cur.last_log_id > info.last_log_id || (!replace_equal && cur.last_log_id == info.last_log_id))
         {
             remove_any(temp)?;
             return Ok((cur, published));
         }
         let path = self.dir.join(snapshot_name(info, suffix));
-        let _entries = self.lock_entries();
-        if path.exists() {
-            remove_any(&path)?;
-        }
-        std::fs::rename(temp, &path)?;
-        sync_dir(&self.dir)?;
-        for entry in std::fs::read_dir(&self.dir)? {
-            let other = entry?.path();
-            if other != path && is_published_name(&other) {
-                remove_any(&other)?;
+        let mut replaced = Vec::new();
+        {
+            let _entries = self.lock_entries();
+            // Older entries are renamed out of the way, which is quick, and removed after the
+            // lock is released: removing a checkpoint with a large dump takes a while, and a
+            // crash midway leaves a temp name, which the next open removes, rather than a
+            // half-removed snapshot that every later scan would fail on.
+            for entry in std::fs::read_dir(&self.dir)? {
+                let other = entry?.path();
+                if is_published_name(&other) {
+                    let out_of_the_way = self.temp_path_with("replaced", "");
+                    std::fs::rename(&other, &out_of_the_way)?;
+                    replaced.push(out_of_the_way);
+                }
             }
+            std::fs::rename(temp, &path)?;
+            sync_dir(&self.dir)?;
+        }
+        for old in replaced {
+            remove_any(&old)?;
         }
         let published = if suffix == SUFFIX { Published::File(path) } else { Published::Checkpoint(path) };
         Ok((info.clone(), published))
@@ -267,9 +279,12 @@ impl SnapshotDir {
                 return Err(e);
             }
         };
-        // Under `publish`: what it returns stays in place until opened.
+        // Under `publish`, so that a file it returns is opened before anything replaces it
+        // (a checkpoint is opened later, by its dump, which fails if it was replaced).
+        // Never replacing a snapshot of the same entry: a build that ran while an install
+        // loaded that entry's snapshot may hold a part of it under the same last_log_id.
         let _publish = self.lock();
-        let (info, published) = self.publish_locked(&temp, &info, CHECKPOINT_SUFFIX)?;
+        let (info, published) = self.publish_locked(&temp, &info, CHECKPOINT_SUFFIX, false)?;
         Ok((info, self.data(published)?))
     }
 
@@ -434,6 +449,11 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+
+        // Nor does a build of the same entry: it may have run while an install loaded it.
+        let (info, data) = dir.build(&engine).unwrap();
+        assert_eq!(index(&info), Some(7));
+        assert!(matches!(data, SnapshotData::File(_)), "the received file stays");
 
         // An older build never replaces a newer snapshot.
         applied(&engine, 3);
