@@ -125,6 +125,41 @@ async fn follower_restart_catches_up_under_load() -> Result<()> {
     Ok(())
 }
 
+/// A follower back from a stop catches up in AppendEntries messages of many entries: etcd
+/// bounds an append message by its bytes (`MaxSizePerMsg`), not by a small entry count, and
+/// each message costs the follower an append, an fsync and a reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_follower_catches_up_in_large_appends() -> Result<()> {
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, ClusterOpts::default()).await?;
+    let leader = cluster.leader().await?;
+    let behind = cluster.live_except(leader)[0];
+    cluster.kill9(behind)?;
+    let client = cluster.client(leader).await?;
+    let entries = 1_000;
+    let acked = put_many(&client, "catchup/", entries, 16).await?;
+    cluster.restart(behind).await?;
+    cluster.converge(&[0, 1, 2]).await?;
+    let mut behind_client = cluster.client(behind).await?;
+    check_acked_with(&mut behind_client, "catchup/", &acked, true).await?;
+    if is_etcd() {
+        return Ok(());
+    }
+    let (code, body) = http_get(&cluster.endpoint(behind), "/metrics").await?;
+    assert_eq!(code, 200);
+    let sample = |name: &str| metric_samples(&body, name).iter().map(|(_, v)| *v).sum::<f64>();
+    let (messages, received) =
+        (sample("geobuk_streamed_append_entries_count"), sample("geobuk_streamed_append_entries_sum"));
+    let buckets = metric_samples(&body, "geobuk_streamed_append_entries_bucket");
+    let at_most_64 = buckets.iter().find(|(labels, _)| labels == "le=\"64\"").map(|(_, v)| *v);
+    let at_most_64 = at_most_64.with_context(|| format!("no le=\"64\" bucket in {buckets:?}"))?;
+    eprintln!("the restarted follower took {received} entries in {messages} messages, {at_most_64} of them ≤ 64");
+    ensure!(received >= entries as f64, "{received} entries streamed for {entries} puts");
+    ensure!(messages > at_most_64, "no AppendEntries carried more than 64 entries ({messages} messages)");
+    ensure!(messages * 10.0 <= entries as f64, "{entries} entries took {messages} messages");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lagging_follower_gets_snapshot() -> Result<()> {
     let _serial = serial().await;

@@ -139,6 +139,12 @@ pub fn etcd_disk_buckets() -> Vec<f64> {
     (0..14).map(|i| 0.001 * f64::from(1u32 << i)).collect()
 }
 
+/// Buckets of `geobuk_streamed_append_entries`: powers of 4 up to the most entries a message
+/// may carry.
+fn append_entries_buckets() -> Vec<f64> {
+    (0..7).map(|i| f64::from(1u32 << (2 * i))).collect()
+}
+
 /// State read from the member when `/metrics` is scraped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Scrape {
@@ -199,6 +205,7 @@ pub struct Metrics {
     forwarded_proposals: IntCounter,
     append_streams: IntCounter,
     streamed_appends: IntCounter,
+    streamed_append_entries: Histogram,
     /// The leader last seen by [`Metrics::observe_leader`].
     last_leader: Mutex<Option<u64>>,
 }
@@ -276,6 +283,16 @@ impl Metrics {
             streamed_appends: counter(
                 "geobuk_streamed_appends_total",
                 "AppendEntries requests this member received on pipelined streams.",
+            ),
+            streamed_append_entries: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "geobuk_streamed_append_entries",
+                        "Log entries per AppendEntries request with any, received on pipelined streams.",
+                    )
+                    .buckets(append_entries_buckets()),
+                ),
             ),
             proposals_failed: counter(
                 "etcd_server_proposals_failed_total",
@@ -395,9 +412,12 @@ impl Metrics {
         self.append_streams.inc();
     }
 
-    /// An AppendEntries request arrived on a pipelined stream.
-    pub fn streamed_append_received(&self) {
+    /// An AppendEntries request with `entries` log entries arrived on a pipelined stream.
+    pub fn streamed_append_received(&self, entries: usize) {
         self.streamed_appends.inc();
+        if entries > 0 {
+            self.streamed_append_entries.observe(entries as f64);
+        }
     }
 
     /// A batch of `proposals` left for the leader.
@@ -563,6 +583,23 @@ mod tests {
         // The backend histogram exists (all zero) with the same buckets.
         assert_eq!(sample(&text, "etcd_disk_backend_commit_duration_seconds_bucket{le=\"8.192\"}"), Some(0.0));
         assert_eq!(sample(&text, "etcd_disk_backend_commit_duration_seconds_count"), Some(0.0));
+    }
+
+    #[test]
+    fn streamed_appends_count_every_request_and_size_those_with_entries() {
+        let m = Metrics::new();
+        for entries in [0, 0, 1, 64, 65, 4096] {
+            m.streamed_append_received(entries);
+        }
+        let text = m.render(&Scrape::default()).expect("render");
+        assert_eq!(sample(&text, "geobuk_streamed_appends_total"), Some(6.0));
+        let bucket = |le: &str| sample(&text, &format!("geobuk_streamed_append_entries_bucket{{le=\"{le}\"}}"));
+        assert_eq!(bucket("1"), Some(1.0));
+        assert_eq!(bucket("64"), Some(2.0));
+        assert_eq!(bucket("256"), Some(3.0));
+        assert_eq!(bucket("4096"), Some(4.0));
+        assert_eq!(sample(&text, "geobuk_streamed_append_entries_count"), Some(4.0));
+        assert_eq!(sample(&text, "geobuk_streamed_append_entries_sum"), Some(4226.0));
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl Peer for PeerService {
         self.node.metrics.append_stream_opened();
         let check = move |msg: pb::AppendRequest| {
             svc.check_route(msg.route.as_ref())?;
-            svc.node.metrics.streamed_append_received();
+            svc.node.metrics.streamed_append_received(msg.entries.len());
             convert::append_request_from_pb(msg).map_err(bad_input)
         };
         // The leader keeps its stream open for as long as it leads: end it when this member stops.

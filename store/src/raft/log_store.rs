@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::engine::{Engine, EngineError, cf};
+use crate::limits::RAFT_PAYLOAD_BYTES_MAX;
 use crate::metrics::Metrics;
 use crate::raft::codec::{self, CodecError};
 use crate::raft::log_cache::LogCache;
@@ -31,11 +32,6 @@ use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 /// for room. openraft already bounds in-flight appends, so this only caps memory if
 /// the disk stalls; 1024 callbacks are a few tens of KiB, and one fsync drains them all.
 const FSYNC_QUEUE_MAX: usize = 1024;
-
-/// Bytes of encoded entries `limited_get_log_entries` returns per call (at least one
-/// entry regardless). Replication sends one such batch per message, so this stays
-/// well below tonic's default 4 MiB message limit on the peer transport.
-const LIMITED_READ_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// `raft_meta` keys.
 const META_VOTE: &[u8] = b"vote";
@@ -210,7 +206,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         if end <= start {
             return Ok(Vec::new());
         }
-        let entries = self.read_entries(start, Some(end), LIMITED_READ_BYTES_MAX)?;
+        let entries = self.read_entries(start, Some(end), RAFT_PAYLOAD_BYTES_MAX)?;
         span.record("entries", entries.len());
         Ok(entries)
     }
