@@ -141,6 +141,30 @@ async fn a_removed_member_refuses_to_restart() -> Result<()> {
     Ok(())
 }
 
+/// A removed follower stops by itself, and refuses to restart, though it never sees its removal
+/// committed: the leader stops replicating to it once the change commits. Its peers recorded the
+/// removal and refuse its next request (a pre-vote once it hears no leader), as etcd's refuse a
+/// removed member's messages. It used to keep running, in no configuration, until stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_follower_is_told_and_stops() -> Result<()> {
+    if skip_on_etcd("the restart refusal is geobuk's (see a_removed_member_refuses_to_restart)") {
+        return Ok(());
+    }
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, ClusterOpts::default()).await?;
+    let leader = cluster.leader().await?;
+    let removed = cluster.live_except(leader)[0];
+    let mut client = cluster.client(leader).await?;
+    TestCluster::member_remove(&mut client, cluster.member_id(removed)).await?;
+    cluster.wait_exit(removed, EXIT_TIMEOUT).await.context("the removed follower did not stop")?;
+    let log = std::fs::read_to_string(cluster.member(removed).log_path())?;
+    ensure!(log.contains("the member has been permanently removed from the cluster"), "no removal in its log");
+    cluster.spawn(removed)?;
+    expect_refusal(&mut cluster, removed, &["permanently removed from the cluster"]).await?;
+    client.put("still", "writable", None).await?;
+    Ok(())
+}
+
 /// etcd's runtime reconfiguration from one member: MemberAdd answers at once, though the
 /// cluster then waits for the new member to start. openraft's joint step needs the new member
 /// itself to commit when growing from one, so geobuk's MemberAdd used to time out ("request

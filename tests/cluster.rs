@@ -149,8 +149,8 @@ async fn restarted_follower_catches_up_in_large_appends() -> Result<()> {
     assert_eq!(code, 200);
     let sample = |name: &str| metric_samples(&body, name).iter().map(|(_, v)| *v).sum::<f64>();
     let (messages, received) =
-        (sample("geobuk_streamed_append_entries_count"), sample("geobuk_streamed_append_entries_sum"));
-    let buckets = metric_samples(&body, "geobuk_streamed_append_entries_bucket");
+        (sample("geobuk_streamed_append_request_entries_count"), sample("geobuk_streamed_append_request_entries_sum"));
+    let buckets = metric_samples(&body, "geobuk_streamed_append_request_entries_bucket");
     let at_most_64 = buckets.iter().find(|(labels, _)| labels == "le=\"64\"").map(|(_, v)| *v);
     let at_most_64 = at_most_64.with_context(|| format!("no le=\"64\" bucket in {buckets:?}"))?;
     eprintln!("the restarted follower took {received} entries in {messages} messages, {at_most_64} of them ≤ 64");

@@ -37,18 +37,26 @@ pub const GRPC_MESSAGE_BYTES_HARD_MAX: usize = 64 * 1024 * 1024;
 /// How long a stopping server lets requests and streams in flight finish
 /// before it closes their connections.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-/// Largest message on the peer protocol: an append-entries batch (at most
-/// `RAFT_PAYLOAD_BYTES_MAX` of entries, or one entry of a max-size request), a
-/// forwarded batch, a snapshot chunk.
+/// Largest message on the peer protocol: an append-entries batch (see
+/// `RAFT_PAYLOAD_BYTES_MAX`), a forwarded batch, a snapshot chunk.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// HTTP/2 flow-control windows of peer connections, both ends: a whole append-entries message
+/// (up to `RAFT_PAYLOAD_BYTES_MAX` and one entry) goes out without waiting a round trip for a
+/// window update, which a replication reply's deadline would not allow on a slow link.
+pub const PEER_STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+/// See `PEER_STREAM_WINDOW_BYTES`: the replication stream, forwarded batches and snapshot
+/// chunks share one connection per peer.
+pub const PEER_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 /// Log entries per append-entries message (openraft's max_payload_entries). What bounds a
 /// message is `RAFT_PAYLOAD_BYTES_MAX`, as etcd's `MaxSizePerMsg` (1 MiB, no entry count)
 /// does; this only caps the count of tiny entries. At 64, a follower under a put load of
 /// 25,000 puts/s took 400 messages a second, each its own append, fsync and reply, and
 /// put-1000 ran 17 % slower (bench/BOUNDS.md).
 pub const RAFT_PAYLOAD_ENTRIES_MAX: u64 = 4096;
-/// Bytes of encoded entries in one append-entries message (at least one entry regardless).
-pub const RAFT_PAYLOAD_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Encoded entries in one append-entries message: entries are taken until their bytes reach
+/// this, so a message holds at least one entry and at most this plus one entry (which may be a
+/// max-size request). etcd's `MaxSizePerMsg`.
+pub const RAFT_PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
 /// How long one forwarding attempt to the leader may take before it is
 /// retried (with the same request id) until the request timeout.
 pub const FORWARD_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -139,7 +139,7 @@ pub fn etcd_disk_buckets() -> Vec<f64> {
     (0..14).map(|i| 0.001 * f64::from(1u32 << i)).collect()
 }
 
-/// Buckets of `geobuk_streamed_append_entries`: powers of 4 up to the most entries a message
+/// Buckets of `geobuk_streamed_append_request_entries`: powers of 4 up to the most entries a message
 /// may carry.
 fn append_entries_buckets() -> Vec<f64> {
     (0..7).map(|i| f64::from(1u32 << (2 * i))).collect()
@@ -288,8 +288,8 @@ impl Metrics {
                 &r,
                 Histogram::with_opts(
                     HistogramOpts::new(
-                        "geobuk_streamed_append_entries",
-                        "Log entries per AppendEntries request with any, received on pipelined streams.",
+                        "geobuk_streamed_append_request_entries",
+                        "Log entries per AppendEntries request with any, received on pipelined streams (resent requests included).",
                     )
                     .buckets(append_entries_buckets()),
                 ),
@@ -593,13 +593,13 @@ mod tests {
         }
         let text = m.render(&Scrape::default()).expect("render");
         assert_eq!(sample(&text, "geobuk_streamed_appends_total"), Some(6.0));
-        let bucket = |le: &str| sample(&text, &format!("geobuk_streamed_append_entries_bucket{{le=\"{le}\"}}"));
+        let bucket = |le: &str| sample(&text, &format!("geobuk_streamed_append_request_entries_bucket{{le=\"{le}\"}}"));
         assert_eq!(bucket("1"), Some(1.0));
         assert_eq!(bucket("64"), Some(2.0));
         assert_eq!(bucket("256"), Some(3.0));
         assert_eq!(bucket("4096"), Some(4.0));
-        assert_eq!(sample(&text, "geobuk_streamed_append_entries_count"), Some(4.0));
-        assert_eq!(sample(&text, "geobuk_streamed_append_entries_sum"), Some(4226.0));
+        assert_eq!(sample(&text, "geobuk_streamed_append_request_entries_count"), Some(4.0));
+        assert_eq!(sample(&text, "geobuk_streamed_append_request_entries_sum"), Some(4226.0));
     }
 
     #[test]

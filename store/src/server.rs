@@ -20,7 +20,9 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::StoreConfig;
 use crate::http::GrpcMetricsLayer;
-use crate::limits::{GRPC_OVERHEAD_BYTES, PEER_MESSAGE_BYTES_MAX};
+use crate::limits::{
+    GRPC_OVERHEAD_BYTES, PEER_CONNECTION_WINDOW_BYTES, PEER_MESSAGE_BYTES_MAX, PEER_STREAM_WINDOW_BYTES,
+};
 use crate::node::{Node, StartError};
 use crate::peer::server::PeerService;
 use crate::proto::etcdserverpb::{
@@ -106,8 +108,11 @@ pub async fn serve_peers(
     // A leader's append stream to this member ends when the node stops; the bounded grace is
     // for a stream that does not (a stalled connection).
     let (stopped, stopping) = bounded_grace(shutdown);
-    let server =
-        tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, stopped());
+    let server = tonic::transport::Server::builder()
+        .initial_stream_window_size(PEER_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(PEER_CONNECTION_WINDOW_BYTES)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, stopped());
     tokio::select! {
         res = server => res?,
         _ = stopping => tracing::info!("closing peer connections still open after the shutdown grace period"),

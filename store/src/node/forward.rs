@@ -316,7 +316,7 @@ impl Node {
             };
             match tokio::time::timeout(limit, call).await {
                 Err(_) => Err(AttemptError::Retry(StoreError::Timeout)),
-                Ok(Err(s)) => Err(status_error(s)),
+                Ok(Err(s)) => Err(status_error(self.peers.noted(s))),
                 Ok(Ok(r)) => Ok(r.into_inner()),
             }
         })

@@ -73,7 +73,10 @@ async fn send(peers: &PeerClients, batch: Vec<Pending>) {
     req.set_timeout(limit);
     let reply = match tokio::time::timeout(limit, client.forward_batch(req)).await {
         Err(_) => return answer_all(batch, || Err(AttemptError::Retry(StoreError::Timeout))),
-        Ok(Err(s)) => return answer_all(batch, || Err(status_error(s.clone()))),
+        Ok(Err(s)) => {
+            let s = peers.noted(s);
+            return answer_all(batch, || Err(status_error(s.clone())));
+        }
         Ok(Ok(reply)) => reply.into_inner(),
     };
     if reply.outcomes.len() != batch.len() {

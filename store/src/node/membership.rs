@@ -103,7 +103,11 @@ impl Node {
                         let msg = pb::MemberChange { route: self.peers.route(id), change: Some(change), retry };
                         let mut req = tonic::Request::new(msg);
                         req.set_timeout(limit);
-                        client.change_members(req).await.map(|r| r.into_inner().members).map_err(status_error)
+                        client
+                            .change_members(req)
+                            .await
+                            .map(|r| r.into_inner().members)
+                            .map_err(|s| status_error(self.peers.noted(s)))
                     }
                 }
             }
@@ -283,10 +287,27 @@ impl Node {
         let _ = waited.applied_index_at_least(index, "the membership in effect to apply").await;
     }
 
-    /// Resolves once this member has been removed from the cluster (it was a
-    /// member, and a committed membership no longer lists it), after recording that in the data
-    /// dir so that a restart is refused; etcd then stops.
+    /// Resolves once this member has been removed from the cluster (it was a member, and a
+    /// committed membership no longer lists it, or a peer answered that it was removed), after
+    /// recording that in the data dir so that a restart is refused; etcd then stops.
     pub async fn removed(&self) {
+        tokio::select! {
+            () = self.removed_from_membership() => {}
+            () = self.peers.told_removed() => {}
+        }
+        tracing::warn!(
+            member_id = format!("{:x}", self.member_id),
+            "the member has been permanently removed from the cluster"
+        );
+        if let Err(e) = super::bootstrap::record_removed(&self.shared.engine) {
+            tracing::warn!(error = %e, "could not record the removal in the data dir");
+        }
+    }
+
+    /// Resolves once a committed membership applied here no longer lists this member, which it
+    /// once did. A removed follower may never see that: the leader stops replicating to it once
+    /// the change commits, and then a peer tells it ([`crate::raft::removed`]).
+    async fn removed_from_membership(&self) {
         // The server metrics change with the membership (not with every write, as the full
         // metrics do).
         let mut metrics = self.raft.server_metrics();
@@ -303,13 +324,6 @@ impl Node {
             if listed {
                 was_member = true;
             } else if was_member && !committed_listed {
-                tracing::warn!(
-                    member_id = format!("{:x}", self.member_id),
-                    "the member has been permanently removed from the cluster"
-                );
-                if let Err(e) = super::bootstrap::record_removed(&self.shared.engine) {
-                    tracing::warn!(error = %e, "could not record the removal in the data dir");
-                }
                 return;
             }
             if metrics.changed().await.is_err() {

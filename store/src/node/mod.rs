@@ -120,7 +120,11 @@ impl Node {
         let log_store = LogStore::open(engine.clone(), metrics.clone())?;
         let raft_config = raft_config(&config)?;
         let peers = Arc::new(PeerClients::new(member_id, cluster_id, config.peer_dial_overrides.clone()));
-        let network = Network { clients: peers.clone(), metrics: metrics.clone() };
+        let network = Network {
+            clients: peers.clone(),
+            metrics: metrics.clone(),
+            append_reply_deadline_min: Duration::from_millis(config.election_timeout_ms),
+        };
         let raft = Raft::new(member_id, raft_config, network, log_store, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;

@@ -71,7 +71,10 @@ async fn ask(peers: &PeerClients, batch: Vec<Waiter>) {
     req.set_timeout(limit);
     match tokio::time::timeout(limit, client.read_index(req)).await {
         Err(_) => answer_all(batch, || Err(AttemptError::Retry(StoreError::Timeout))),
-        Ok(Err(s)) => answer_all(batch, || Err(status_error(s.clone()))),
+        Ok(Err(s)) => {
+            let s = peers.noted(s);
+            answer_all(batch, || Err(status_error(s.clone())))
+        }
         Ok(Ok(reply)) => {
             let index = reply.into_inner().index;
             answer_all(batch, || Ok(index))

@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::limits::PEER_MESSAGE_BYTES_MAX;
+use crate::limits::{PEER_CONNECTION_WINDOW_BYTES, PEER_MESSAGE_BYTES_MAX, PEER_STREAM_WINDOW_BYTES};
 use crate::proto::peerpb::{Route, peer_client::PeerClient};
 use crate::raft::types::MemberInfo;
 
@@ -24,6 +25,20 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What a peer answers a member it has recorded as removed (etcd's rafthttp answers
+/// `410 Gone` with this text).
+pub const REMOVED_MEMBER_MESSAGE: &str = "the member has been permanently removed from the cluster";
+
+/// The status a peer refuses a removed member's request with.
+pub fn removed_member_status() -> tonic::Status {
+    tonic::Status::permission_denied(REMOVED_MEMBER_MESSAGE)
+}
+
+/// Whether a peer refused a request because this member was removed.
+pub fn is_removed_member(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::PermissionDenied && status.message() == REMOVED_MEMBER_MESSAGE
+}
+
 /// One lazily connected channel per peer address, shared by Raft replication
 /// and request forwarding (tonic channels multiplex and reconnect).
 pub struct PeerClients {
@@ -33,6 +48,8 @@ pub struct PeerClients {
     pub cluster_id: u64,
     overrides: BTreeMap<String, String>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Set once a peer answered that this member was removed.
+    told_removed: watch::Sender<bool>,
 }
 
 /// Why a peer cannot be dialed.
@@ -55,7 +72,29 @@ impl PeerClients {
     /// A pool for `member_id` of `cluster_id`; `overrides` maps member names (or peer URLs) to
     /// the URL to dial instead of their advertised peer URL.
     pub fn new(member_id: u64, cluster_id: u64, overrides: BTreeMap<String, String>) -> Self {
-        PeerClients { member_id, cluster_id, overrides, channels: Mutex::new(HashMap::new()) }
+        PeerClients {
+            member_id,
+            cluster_id,
+            overrides,
+            channels: Mutex::new(HashMap::new()),
+            told_removed: watch::channel(false).0,
+        }
+    }
+
+    /// Takes note of a peer's error answer: one saying this member was removed is kept for
+    /// [`PeerClients::told_removed`]. Hands the status back.
+    pub fn noted(&self, status: tonic::Status) -> tonic::Status {
+        if is_removed_member(&status) {
+            self.told_removed.send_replace(true);
+        }
+        status
+    }
+
+    /// Resolves once a peer has answered that this member was removed.
+    pub async fn told_removed(&self) {
+        let mut told = self.told_removed.subscribe();
+        // The sender lives as long as `self`: the wait cannot fail while borrowed.
+        let _ = told.wait_for(|told| *told).await;
     }
 
     /// The address header of a request to `to`.
@@ -107,6 +146,8 @@ pub fn lazy_channel(url: &str) -> Result<Channel, DialError> {
     let endpoint = Endpoint::from_shared(url.to_string()).map_err(bad)?;
     Ok(endpoint
         .connect_timeout(PEER_CONNECT_TIMEOUT)
+        .initial_stream_window_size(PEER_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(PEER_CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)

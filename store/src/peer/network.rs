@@ -42,18 +42,31 @@ fn redial_wait(failed_at: Option<Instant>, now: Instant) -> Duration {
     failed_at.map_or(Duration::ZERO, |failed| (failed + REDIAL_BACKOFF).saturating_duration_since(now))
 }
 
+/// How long a follower has to answer an append-entries request on a stream: openraft's RPC
+/// deadline, or `min` if that is longer (see [`Network::append_reply_deadline_min`]).
+fn append_reply_deadline(option: &RPCOption, min: Duration) -> Duration {
+    option.hard_ttl().max(min)
+}
+
 /// Creates a client per replication target.
 pub struct Network {
     /// The shared connection pool.
     pub clients: Arc<PeerClients>,
     /// Metrics (snapshot sends).
     pub metrics: Arc<Metrics>,
+    /// The least time a follower has to answer an append-entries request on a stream (the
+    /// election timeout). openraft allows one heartbeat interval (100 ms by default, and etcd's
+    /// tuning sets it near the round trip), in which a message of a megabyte, sent and fsynced
+    /// on a slow link, would never be answered: the stream would be reset and the same message
+    /// sent again, and a follower behind would not catch up.
+    pub append_reply_deadline_min: Duration,
 }
 
 /// The client for one target member.
 pub struct PeerNetwork {
     clients: Arc<PeerClients>,
     metrics: Arc<Metrics>,
+    append_reply_deadline_min: Duration,
     target: u64,
     info: MemberInfo,
     /// When the last stream or snapshot to the target failed to open, if it did.
@@ -67,6 +80,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerNetwork {
             clients: self.clients.clone(),
             metrics: self.metrics.clone(),
+            append_reply_deadline_min: self.append_reply_deadline_min,
             target,
             info: node.clone(),
             failed_at: None,
@@ -125,7 +139,8 @@ impl PeerNetwork {
         let req = self.request(msg, option);
         let mut client = self.client()?;
         let reply = if pre { client.pre_vote(req).await } else { client.vote(req).await };
-        convert::vote_reply_from_pb(&reply.map_err(rpc_error)?.into_inner()).map_err(net_error)
+        let reply = reply.map_err(|s| rpc_error(self.clients.noted(s)))?;
+        convert::vote_reply_from_pb(&reply.into_inner()).map_err(net_error)
     }
 
     async fn send_snapshot(
@@ -184,7 +199,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let msg = convert::append_request_to_pb(self.clients.route(self.target), &rpc);
         let req = self.request(msg, &option);
-        let reply = self.client()?.append_entries(req).await.map_err(rpc_error)?;
+        let reply = self.client()?.append_entries(req).await.map_err(|s| rpc_error(self.clients.noted(s)))?;
         convert::append_reply_from_pb(&reply.into_inner()).map_err(net_error)
     }
 
@@ -203,7 +218,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             self.redial_backoff().await;
             let route = self.clients.route(self.target);
             let opened = match self.client() {
-                Ok(client) => stream_append::open(client, route, input, option.hard_ttl()).await,
+                Ok(client) => {
+                    let deadline = append_reply_deadline(&option, self.append_reply_deadline_min);
+                    stream_append::open(client, route, input, deadline).await
+                }
                 Err(e) => Err(e),
             };
             self.note_open(opened.is_err());
@@ -276,6 +294,15 @@ mod tests {
     /// was never cleared and the target got no heartbeat again that term (seen by hand: both
     /// followers killed and restarted, the leader warned "failed to send a heartbeat: Elapsed"
     /// on and on, and the followers elected a new leader).
+    #[test]
+    fn a_follower_has_at_least_the_floor_to_answer_an_append() {
+        let floor = Duration::from_secs(1);
+        // openraft's deadline for a stream is one heartbeat interval.
+        assert_eq!(append_reply_deadline(&RPCOption::new(Duration::from_millis(100)), floor), floor);
+        let long = Duration::from_secs(3);
+        assert_eq!(append_reply_deadline(&RPCOption::new(long), floor), long);
+    }
+
     #[test]
     fn the_redial_wait_is_what_is_left_of_the_backoff() {
         let now = Instant::now();

@@ -52,6 +52,9 @@ impl PeerService {
                 route.to, self.node.member_id
             )));
         }
+        if self.node.shared.removed.contains(route.from) {
+            return Err(super::removed_member_status());
+        }
         Ok(route.from)
     }
 

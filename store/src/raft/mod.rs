@@ -9,6 +9,7 @@ pub mod group;
 mod group_tests;
 pub mod log_cache;
 pub mod log_store;
+pub mod removed;
 pub mod state_machine;
 #[cfg(test)]
 mod storage_suite_tests;

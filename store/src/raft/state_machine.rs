@@ -18,6 +18,7 @@ use super::apply::{self, header};
 use super::codec;
 use super::dedup::DedupIndex;
 use super::group::{self, Group};
+use super::removed::{self, RemovedMembers};
 use super::types::{Applied, LogId, StoredMembership, TypeConfig};
 use crate::engine::{Engine, EngineError, cf};
 use crate::error::StoreError;
@@ -59,6 +60,8 @@ pub struct Shared {
     pub snapshots: Arc<SnapshotDir>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Members removed from the cluster.
+    pub removed: RemovedMembers,
 }
 
 impl Shared {
@@ -70,6 +73,7 @@ impl Shared {
         let lessor = Arc::new(Lessor::default());
         lessor.reset(&apply::load_leases(&engine)?);
         let hub = Hub::new(engine.clone(), current, compacted);
+        let removed = RemovedMembers::load(&engine)?;
         Ok(Arc::new(Shared {
             engine,
             hub,
@@ -78,6 +82,7 @@ impl Shared {
             compaction_target: watch::channel(compacted).0,
             snapshots,
             metrics,
+            removed,
         }))
     }
 
@@ -88,6 +93,7 @@ impl Shared {
         mvcc::load_index(&self.engine)?;
         let (current, compacted) = mvcc::load_revisions(&self.engine)?;
         self.lessor.reset(&apply::load_leases(&self.engine)?);
+        self.removed.reload(&self.engine)?;
         self.hub.reset(current, compacted);
         let rev = Revisions { current, compacted };
         self.revisions.send_replace(rev);
@@ -314,12 +320,15 @@ impl StateMachine {
     }
 
     fn apply_entry(&mut self, entry: &super::types::Entry) -> Result<Applied, io::Error> {
+        let mut removed_members = Vec::new();
         let (mut batch, events, applied) = match &entry.payload {
             EntryPayload::Blank => (WriteBatch::default(), Vec::new(), Applied::Nothing),
             EntryPayload::Normal(cmd) => self.apply_command(&cmd.0, entry.log_id.index),
             EntryPayload::Membership(m) => {
+                removed_members = removed::removed_by(self.membership.membership(), m);
                 self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                 let mut b = WriteBatch::default();
+                removed::stage(self.engine(), &mut b, &removed_members);
                 let raw = codec::encode_stored_membership(&self.membership);
                 b.put_cf(self.engine().cf(cf::SM_META), META_MEMBERSHIP, raw);
                 self.prune_member_attributes(&mut b).map_err(io_err)?;
@@ -337,6 +346,7 @@ impl StateMachine {
         let started = std::time::Instant::now();
         self.engine().write_unlogged(batch).map_err(io_err)?;
         self.shared.metrics.observe_backend_commit(started.elapsed());
+        self.shared.removed.extend(&removed_members);
         self.after_write(&events, &applied);
         Ok(applied)
     }
