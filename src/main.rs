@@ -140,6 +140,9 @@ struct StoreArgs {
     /// List of URLs to listen on for the metrics and health endpoints (comma-separated, http only).
     #[arg(long, default_value = "")]
     listen_metrics_urls: String,
+    /// Reject reconfiguration requests that would cause quorum loss.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    strict_reconfig_check: bool,
 }
 
 fn parse_urls(urls: &str) -> Result<Vec<SocketAddr>> {
@@ -208,6 +211,7 @@ fn store_config(args: StoreArgs) -> Result<StoreConfig> {
         election_timeout_ms: args.election_timeout,
         watch_progress_notify_interval: args.experimental_watch_progress_notify_interval,
         listen_metrics_urls: url_list(&args.listen_metrics_urls),
+        strict_reconfig_check: args.strict_reconfig_check,
     })
 }
 

@@ -46,6 +46,9 @@ pub struct StoreConfig {
     /// `--listen-metrics-urls`: extra `http://host:port` listeners serving only
     /// the HTTP endpoints (`/metrics`, `/health`, ...); none by default.
     pub listen_metrics_urls: Vec<String>,
+    /// `--strict-reconfig-check`: refuse membership changes that would leave no quorum of
+    /// started, reachable voters (`node::reconfig_check`).
+    pub strict_reconfig_check: bool,
 }
 
 impl Default for StoreConfig {
@@ -68,6 +71,7 @@ impl Default for StoreConfig {
             election_timeout_ms: 1000,
             watch_progress_notify_interval: Duration::from_secs(600),
             listen_metrics_urls: Vec::new(),
+            strict_reconfig_check: true,
         }
     }
 }

@@ -60,6 +60,8 @@ pub enum StoreError {
     LearnerNotReady,
     #[error("etcdserver: re-configuration failed due to not enough started members")]
     NotEnoughStartedMembers,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     #[error("etcdserver: request timed out, leader transfer took too long")]
     LeaderTransferTimeout,
     /// A failure of the server itself (storage, a broken invariant).
@@ -88,7 +90,7 @@ impl StoreError {
             | MemberNotLearner
             | LearnerNotReady
             | NotEnoughStartedMembers => Code::FailedPrecondition,
-            NoLeader | LeaderChanged | Stopped | Timeout | LeaderTransferTimeout => Code::Unavailable,
+            NoLeader | LeaderChanged | Stopped | Timeout | LeaderTransferTimeout | Unhealthy => Code::Unavailable,
             Internal(_) => Code::Internal,
         }
     }
@@ -125,6 +127,7 @@ impl StoreError {
             MemberNotLearner,
             LearnerNotReady,
             NotEnoughStartedMembers,
+            Unhealthy,
             LeaderTransferTimeout,
         ];
         known
@@ -164,7 +167,13 @@ mod tests {
         assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: requested lease not found"));
         let s: Status = StoreError::DuplicateKey.into();
         assert_eq!(s.code(), Code::InvalidArgument);
-        for e in [StoreError::LeaseNotFound, StoreError::Compacted, StoreError::Internal("disk on fire".into())] {
+        let s: Status = StoreError::Unhealthy.into();
+        assert_eq!((s.code(), s.message()), (Code::Unavailable, "etcdserver: unhealthy cluster"));
+        let unhealthy = [StoreError::Unhealthy, StoreError::NotEnoughStartedMembers];
+        for e in [StoreError::LeaseNotFound, StoreError::Compacted, StoreError::Internal("disk on fire".into())]
+            .into_iter()
+            .chain(unhealthy)
+        {
             assert_eq!(StoreError::from_message(&e.to_string()), e);
         }
     }

@@ -8,18 +8,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::ChangeMembers;
+use openraft::async_runtime::Instant as _;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 
 use super::Node;
 use super::forward::{AttemptError, Target, status_error, write_refusal};
+use super::reconfig_check::{self, VoterView};
 use crate::engine::cf;
 use crate::error::StoreError;
 use crate::proto::etcdserverpb as epb;
 use crate::proto::peerpb::{self as pb, member_change::Change};
 use crate::proto::raftlog;
 use crate::raft::types::{MemberInfo, Membership, StoredMembership, TypeConfig};
+
+type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 
 /// etcd promotes a learner only once it has this share of the leader's log.
 const LEARNER_READY_PERCENT: u64 = 90;
@@ -131,6 +135,15 @@ impl Node {
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let exists = |id: u64| membership.get_node(&id).is_some();
+        // A retry finishes what an attempt that passed the check began.
+        if self.config.strict_reconfig_check && !retry {
+            let view = self.voter_view(&metrics, &membership);
+            match &change {
+                Change::Add(add) if !add.is_learner && !exists(add.id) => reconfig_check::may_add_voter(&view)?,
+                Change::Remove(id) if voters.contains(id) => reconfig_check::may_remove_voter(&view, *id)?,
+                _ => {}
+            }
+        }
         let result = match change {
             Change::Add(add) => return self.add_member_here(add, &membership, retry).await,
             Change::Promote(id) => {
@@ -150,6 +163,9 @@ impl Node {
                     metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
                 if !finishing && matched * 100 < leader_last * LEARNER_READY_PERCENT {
                     return Err(StoreError::LearnerNotReady);
+                }
+                if self.config.strict_reconfig_check && !finishing {
+                    reconfig_check::may_promote(&self.voter_view(&metrics, &membership))?;
                 }
                 self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
             }
@@ -274,6 +290,19 @@ impl Node {
             Err(RaftError::APIError(e)) => Err(write_refusal(e)),
             Err(RaftError::Fatal(_)) => Err(StoreError::Stopped),
         }
+    }
+
+    /// The voters as `--strict-reconfig-check` weighs them: started once their attributes are
+    /// published, connected when the leader (this member) heard from them within the election
+    /// timeout.
+    fn voter_view(&self, metrics: &RaftMetrics, membership: &Membership) -> VoterView {
+        let recent = Duration::from_millis(self.config.election_timeout_ms);
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let started = voters.iter().copied().filter(|id| self.published_attributes(*id).is_some()).collect();
+        let heard = metrics.heartbeat.iter().flatten();
+        let connected =
+            heard.filter(|(_, at)| at.as_ref().is_some_and(|at| at.elapsed() < recent)).map(|(id, _)| *id).collect();
+        VoterView { me: self.member_id, voters, started, connected }
     }
 
     /// Waits until the membership in effect here has applied, within the request timeout. A

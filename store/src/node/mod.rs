@@ -31,6 +31,7 @@ pub mod forward_batch;
 pub mod membership;
 mod peer_batch;
 pub mod read_batch;
+pub mod reconfig_check;
 pub mod require_leader;
 
 use bootstrap::{Bootstrap, Identity};
