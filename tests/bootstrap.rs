@@ -158,6 +158,9 @@ async fn a_removed_follower_is_told_and_stops() -> Result<()> {
     TestCluster::member_remove(&mut client, cluster.member_id(removed)).await?;
     cluster.wait_exit(removed, EXIT_TIMEOUT).await.context("the removed follower did not stop")?;
     let log = std::fs::read_to_string(cluster.member(removed).log_path())?;
+    // Told by a peer: the leader stops replicating to it once the final configuration is
+    // appended, so it never sees that configuration itself.
+    ensure!(log.contains("a peer refused this member's request"), "not told of its removal by a peer");
     ensure!(log.contains("the member has been permanently removed from the cluster"), "no removal in its log");
     cluster.spawn(removed)?;
     expect_refusal(&mut cluster, removed, &["permanently removed from the cluster"]).await?;

@@ -63,9 +63,11 @@ pub fn restore(backup: &Path, config: &StoreConfig) -> Result<Identity, RestoreE
     std::fs::create_dir_all(dir).map_err(SnapshotError::from)?;
     let engine = Engine::open(&dir.join("db"))?;
     file::load(&engine, backup)?;
-    // The old cluster's request ids and member attributes mean nothing here.
+    // The old cluster's request ids, member attributes and removed members mean nothing here:
+    // member ids are recomputed from the URLs and token, and may be ids the old cluster removed.
     engine.clear_cf(cf::DEDUP)?;
     engine.clear_cf(cf::MEMBERS)?;
+    crate::raft::removed::clear(&engine)?;
     // The state a fresh cluster has right after bootstrap: the membership at
     // log index 0, applied; the log starts after it.
     let log_id = LogId { leader_id: CommittedLeaderIdOf::<TypeConfig> { term: 0, node_id: 0 }, index: 0 };

@@ -48,6 +48,9 @@ pub(super) fn status_error(s: tonic::Status) -> AttemptError {
     let not_leader = StoreError::NotLeader.to_string();
     match s.code() {
         _ if s.message() == not_leader => AttemptError::Retry(StoreError::NotLeader),
+        // The leader's answer (a strict reconfiguration check), though its code is Unavailable:
+        // retried, the change would go ahead as the retry of one begun.
+        _ if s.message() == StoreError::Unhealthy.to_string() => AttemptError::Final(StoreError::Unhealthy),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
             AttemptError::Retry(StoreError::Timeout)
         }

@@ -139,7 +139,7 @@ impl Node {
         if self.config.strict_reconfig_check && !retry {
             let view = self.voter_view(&metrics, &membership);
             match &change {
-                Change::Add(add) if !add.is_learner && !exists(add.id) => reconfig_check::may_add_voter(&view)?,
+                Change::Add(add) if !exists(add.id) => reconfig_check::may_add_member(&view, add.is_learner)?,
                 Change::Remove(id) if voters.contains(id) => reconfig_check::may_remove_voter(&view, *id)?,
                 _ => {}
             }
@@ -201,6 +201,11 @@ impl Node {
         retry: bool,
     ) -> Result<Vec<epb::Member>, StoreError> {
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        // etcd's ErrIDRemoved (answered as "member not found"): a retry whose id a MemberRemove
+        // took meanwhile would bring back a member every peer now refuses.
+        if self.shared.removed.contains(add.id) {
+            return Err(StoreError::MemberNotFound);
+        }
         let added_before = match membership.get_node(&add.id) {
             Some(node) if retry && node.peer_urls == add.peer_urls => true,
             Some(_) => return Err(StoreError::MemberExists),
@@ -322,7 +327,9 @@ impl Node {
     pub async fn removed(&self) {
         tokio::select! {
             () = self.removed_from_membership() => {}
-            () = self.peers.told_removed() => {}
+            () = self.peers.told_removed() => {
+                tracing::warn!("a peer refused this member's request: it was removed from the cluster");
+            }
         }
         tracing::warn!(
             member_id = format!("{:x}", self.member_id),

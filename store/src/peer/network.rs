@@ -220,7 +220,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             let opened = match self.client() {
                 Ok(client) => {
                     let deadline = append_reply_deadline(&option, self.append_reply_deadline_min);
-                    stream_append::open(client, route, input, deadline).await
+                    stream_append::open(client, route, input, deadline, self.clients.clone()).await
                 }
                 Err(e) => Err(e),
             };
@@ -288,12 +288,6 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
 mod tests {
     use super::*;
 
-    /// openraft's heartbeat worker opens a stream per heartbeat, one heartbeat interval (100 ms
-    /// by default, as `REDIAL_BACKOFF`) apart and each under a timeout of one interval. A wait of
-    /// the full backoff before every open after a failure outlasted that timeout, so the failure
-    /// was never cleared and the target got no heartbeat again that term (seen by hand: both
-    /// followers killed and restarted, the leader warned "failed to send a heartbeat: Elapsed"
-    /// on and on, and the followers elected a new leader).
     #[test]
     fn a_follower_has_at_least_the_floor_to_answer_an_append() {
         let floor = Duration::from_secs(1);
@@ -303,6 +297,12 @@ mod tests {
         assert_eq!(append_reply_deadline(&RPCOption::new(long), floor), long);
     }
 
+    /// openraft's heartbeat worker opens a stream per heartbeat, one heartbeat interval (100 ms
+    /// by default, as `REDIAL_BACKOFF`) apart and each under a timeout of one interval. A wait of
+    /// the full backoff before every open after a failure outlasted that timeout, so the failure
+    /// was never cleared and the target got no heartbeat again that term (seen by hand: both
+    /// followers killed and restarted, the leader warned "failed to send a heartbeat: Elapsed"
+    /// on and on, and the followers elected a new leader).
     #[test]
     fn the_redial_wait_is_what_is_left_of_the_backoff() {
         let now = Instant::now();

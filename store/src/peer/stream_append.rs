@@ -16,6 +16,7 @@ use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use tokio::sync::Semaphore;
 use tonic::{Status, Streaming};
 
+use super::PeerClients;
 use super::convert;
 use super::network::{net_error, rpc_error};
 use crate::proto::peerpb as pb;
@@ -40,12 +41,14 @@ fn unreachable(why: &str) -> RPCError<TypeConfig> {
 
 /// Opens the stream to a follower: `input` is sent as it comes, the replies are returned in
 /// order. A reply owed for longer than `ttl` ends the stream as unreachable (openraft then
-/// reopens it); an idle stream, owing nothing, waits as long as it takes.
+/// reopens it); an idle stream, owing nothing, waits as long as it takes. A refusal is shown to
+/// `peers` (a follower saying this member was removed, [`PeerClients::noted`]).
 pub async fn open<S>(
     mut client: pb::peer_client::PeerClient<tonic::transport::Channel>,
     route: Option<pb::Route>,
     input: S,
     ttl: Duration,
+    peers: Arc<PeerClients>,
 ) -> Result<Replies, RPCError<TypeConfig>>
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
@@ -65,8 +68,8 @@ where
     let opened = tokio::time::timeout(ttl, client.stream_append(outgoing))
         .await
         .map_err(|_| unreachable("opening the append stream timed out"))?;
-    let inbound = opened.map_err(rpc_error)?.into_inner();
-    Ok(replies(inbound, sent, in_flight, ttl))
+    let inbound = opened.map_err(|s| rpc_error(peers.noted(s)))?.into_inner();
+    Ok(replies(inbound, sent, in_flight, ttl, peers))
 }
 
 fn replies(
@@ -74,9 +77,10 @@ fn replies(
     sent: Arc<AtomicU64>,
     in_flight: Arc<Semaphore>,
     ttl: Duration,
+    peers: Arc<PeerClients>,
 ) -> Replies {
     let stream = futures::stream::unfold(Some((inbound, 0u64)), move |state| {
-        let (sent, in_flight) = (sent.clone(), in_flight.clone());
+        let (sent, in_flight, peers) = (sent.clone(), in_flight.clone(), peers.clone());
         async move {
             let (mut inbound, received) = state?;
             let next = loop {
@@ -98,7 +102,7 @@ fn replies(
                     Err(e) => Some((Err(net_error(e)), None)),
                 },
                 Ok(None) => None,
-                Err(status) => Some((Err(rpc_error(status)), None)),
+                Err(status) => Some((Err(rpc_error(peers.noted(status))), None)),
             }
         }
     });

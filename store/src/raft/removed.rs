@@ -1,11 +1,12 @@
 //! The members removed from the cluster, recorded by apply (etcd's `IsIDRemoved`): a peer
 //! tells a removed member that it is removed, and the removed member stops. A removed follower
 //! often never learns of its removal otherwise: the leader stops replicating to it as soon as
-//! the change commits, before the follower has the entry.
+//! the final configuration is appended, so the follower never has that entry.
 //!
 //! Only a committed, applied membership records a removal, on every member alike, and member
-//! ids are never reused (MemberAdd draws a new one per request), so a member that a peer calls
-//! removed is removed. "Not in my membership" would not do: a peer that has not yet applied a
+//! ids are not reused (MemberAdd draws a new one per request and refuses a removed one; a
+//! restore, which recomputes ids, forgets the removals), so a member that a peer calls removed
+//! is removed. "Not in my membership" would not do: a peer that has not yet applied a
 //! MemberAdd would turn the new member away.
 
 use std::collections::BTreeSet;
@@ -36,6 +37,15 @@ pub fn stage(engine: &Engine, batch: &mut WriteBatch, ids: &[u64]) {
     for id in ids {
         batch.put_cf(engine.cf(cf::SM_META), key(*id), []);
     }
+}
+
+/// Forgets every recorded removal (a restore starts a new cluster).
+pub fn clear(engine: &Engine) -> Result<(), EngineError> {
+    let mut batch = WriteBatch::default();
+    for id in load(engine)? {
+        batch.delete_cf(engine.cf(cf::SM_META), key(id));
+    }
+    Ok(engine.db().write(batch)?)
 }
 
 /// The removed members recorded in `engine`.
@@ -123,5 +133,9 @@ mod tests {
         assert!(removed.contains(7) && removed.contains(0xfeed_beef_0000_0001));
         assert!(!removed.contains(8));
         assert_eq!(key(7), b"removed_member/\0\0\0\0\0\0\0\x07".to_vec(), "the on-disk key is a contract");
+        clear(&engine).expect("clear");
+        assert!(load(&engine).expect("load").is_empty());
+        let neighbour = engine.db().get_cf(engine.cf(cf::SM_META), b"removed_member0").expect("get");
+        assert_eq!(neighbour.as_deref(), Some(&b"x"[..]), "clearing keeps what is not a removal");
     }
 }
