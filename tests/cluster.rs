@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use common::cluster::{
     Acked, ClusterOpts, TestCluster, Writers, check_acked, check_acked_with, check_unique_revisions, hex_id, http_get,
-    metric_samples, put_many, serial,
+    metric_samples, metric_total, put_many, serial,
 };
 use common::{current_revision, expect_grpc_error, is_etcd, next_watch, rev, within, within_for};
 use etcd_client::{Client, ConnectOptions, WatchOptions};
@@ -147,9 +147,10 @@ async fn restarted_follower_catches_up_in_large_appends() -> Result<()> {
     }
     let (code, body) = http_get(&cluster.endpoint(behind), "/metrics").await?;
     assert_eq!(code, 200);
-    let sample = |name: &str| metric_samples(&body, name).iter().map(|(_, v)| *v).sum::<f64>();
-    let (messages, received) =
-        (sample("geobuk_streamed_append_request_entries_count"), sample("geobuk_streamed_append_request_entries_sum"));
+    let (messages, received) = (
+        metric_total(&body, "geobuk_streamed_append_request_entries_count"),
+        metric_total(&body, "geobuk_streamed_append_request_entries_sum"),
+    );
     let buckets = metric_samples(&body, "geobuk_streamed_append_request_entries_bucket");
     let at_most_64 = buckets.iter().find(|(labels, _)| labels == "le=\"64\"").map(|(_, v)| *v);
     let at_most_64 = at_most_64.with_context(|| format!("no le=\"64\" bucket in {buckets:?}"))?;
@@ -255,7 +256,7 @@ async fn follower_forwards_concurrent_puts_in_batches() -> Result<()> {
     }
     let (code, body) = http_get(&cluster.endpoint(follower), "/metrics").await?;
     assert_eq!(code, 200);
-    let total = |name: &str| metric_samples(&body, name).iter().map(|(_, v)| *v).sum::<f64>();
+    let total = |name: &str| metric_total(&body, name);
     let (batches, proposals) = (total("geobuk_forward_batches_total"), total("geobuk_forwarded_proposals_total"));
     eprintln!("{proposals} forwarded proposals in {batches} batches");
     ensure!(proposals >= puts as f64, "{proposals} proposals forwarded for {puts} puts");
@@ -302,7 +303,7 @@ async fn follower_asks_for_read_indexes_in_batches() -> Result<()> {
     }
     let (code, body) = http_get(&cluster.endpoint(follower), "/metrics").await?;
     assert_eq!(code, 200);
-    let total = |name: &str| metric_samples(&body, name).iter().map(|(_, v)| *v).sum::<f64>();
+    let total = |name: &str| metric_total(&body, name);
     let (requests, asked) = (total("geobuk_read_index_requests_total"), total("geobuk_read_index_reads_total"));
     eprintln!("{asked} linearizable reads in {requests} read-index requests");
     ensure!(asked >= reads as f64, "{asked} reads asked the leader for {reads} reads through a follower");

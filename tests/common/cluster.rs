@@ -953,6 +953,11 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
+/// The sum of every series of metric `name` on a `/metrics` page (0 when absent).
+pub fn metric_total(text: &str, name: &str) -> f64 {
+    metric_samples(text, name).iter().map(|(_, v)| *v).sum()
+}
+
 /// Samples of the Prometheus metric `name` in a text exposition: (label text inside the braces,
 /// value). `etcd_x{From="a"} 3` gives `("From=\"a\"", 3.0)`.
 pub fn metric_samples(text: &str, name: &str) -> Vec<(String, f64)> {

@@ -137,7 +137,7 @@ impl Node {
         let exists = |id: u64| membership.get_node(&id).is_some();
         // A retry finishes what an attempt that passed the check began.
         if self.config.strict_reconfig_check && !retry {
-            let view = self.voter_view(&metrics, &membership);
+            let view = self.voter_view(&metrics, &voters);
             match &change {
                 Change::Add(add) if !exists(add.id) => reconfig_check::may_add_member(&view, add.is_learner)?,
                 Change::Remove(id) if voters.contains(id) => reconfig_check::may_remove_voter(&view, *id)?,
@@ -165,7 +165,7 @@ impl Node {
                     return Err(StoreError::LearnerNotReady);
                 }
                 if self.config.strict_reconfig_check && !finishing {
-                    reconfig_check::may_promote(&self.voter_view(&metrics, &membership))?;
+                    reconfig_check::may_promote(&self.voter_view(&metrics, &voters))?;
                 }
                 self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
             }
@@ -300,9 +300,9 @@ impl Node {
     /// The voters as `--strict-reconfig-check` weighs them: started once their attributes are
     /// published, connected when the leader (this member) heard from them within the election
     /// timeout.
-    fn voter_view(&self, metrics: &RaftMetrics, membership: &Membership) -> VoterView {
+    fn voter_view(&self, metrics: &RaftMetrics, voters: &BTreeSet<u64>) -> VoterView {
         let recent = Duration::from_millis(self.config.election_timeout_ms);
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let voters = voters.clone();
         let started = voters.iter().copied().filter(|id| self.published_attributes(*id).is_some()).collect();
         let heard = metrics.heartbeat.iter().flatten();
         let connected =
@@ -342,7 +342,7 @@ impl Node {
 
     /// Resolves once a committed membership applied here no longer lists this member, which it
     /// once did. A removed follower may never see that: the leader stops replicating to it once
-    /// the change commits, and then a peer tells it ([`crate::raft::removed`]).
+    /// the final configuration is appended, and then a peer tells it ([`crate::raft::removed`]).
     async fn removed_from_membership(&self) {
         // The server metrics change with the membership (not with every write, as the full
         // metrics do).
